@@ -1,0 +1,46 @@
+"""solo-iclmsr: ICL-MSR (Interventional Contrastive Learning with Meta Semantic Regularizer)
+for every self-supervised method of solo-learn."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+setup(
+    name="solo-iclmsr",
+    version="0.1.0",
+    description="ICL-MSR (ICML 2022) as a plug-in regularizer for solo-learn's SSL methods",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["solo_iclmsr", "solo_iclmsr.*"]),
+    # solo-learn itself is not listed: its only PyPI release (1.0.2) pins torch==1.9.1 and needs
+    # lightning-bolts. It is installed with --no-deps and patched by patches/solo_patch.py,
+    # which reinstalls it as 1.0.2+iclmsr with honest metadata (see README).
+    install_requires=[
+        "torch>=2.1,<3",
+        "torchvision>=0.16",
+        "pytorch-lightning>=2.1,<3",
+        "torchmetrics>=1.0",
+        "timm>=1.0",
+        "kornia>=0.7.2",
+        "einops>=0.6",
+        "omegaconf>=2.3",
+        "hydra-core>=1.3",
+        "numpy>=1.24",
+        "pillow>=9",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "tensorboard>=2.12",
+    ],
+    extras_require={"dev": ["pytest>=7.4"], "wandb": ["wandb"]},
+    entry_points={"console_scripts": ["solo-iclmsr = solo_iclmsr.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
