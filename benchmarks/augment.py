@@ -1,0 +1,110 @@
+"""Images per second: the Kornia batch pipeline versus solo-learn's torchvision per-image pipeline.
+
+Same SimCLR config (solo-learn's cifar / imagenet SimCLR augmentations, two crops), batch 256, at
+32 px and 224 px. solo-learn's pipeline runs as solo does: torchvision v1 transforms on PIL images,
+one image at a time (here in the main process, no loader workers). The Kornia pipeline takes the
+uint8 batch and makes both views at once. With CUDA, it also runs there and reports the
+augmentation time as a fraction of one resnet18 training step (forward + backward + SGD step on
+both views of the same batch).
+
+Usage:
+    OMP_NUM_THREADS=2 python benchmarks/augment.py [--batch 256] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable, Dict, List
+
+import torch
+from PIL import Image
+
+from solo_iclmsr.augment import build_multiview_augmentation, build_torchvision_pipeline
+
+
+def simclr_config(crop_size: int) -> List[Dict]:
+    """solo-learn's SimCLR augmentations (blur 0 at 32 px as for CIFAR, 0.5 at 224 px)."""
+    return [
+        {
+            "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+            "color_jitter": {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+            "grayscale": {"prob": 0.2},
+            "gaussian_blur": {"prob": 0.0 if crop_size <= 32 else 0.5},
+            "solarization": {"prob": 0.0 if crop_size <= 32 else 0.1},
+            "equalization": {"prob": 0.0},
+            "horizontal_flip": {"prob": 0.5},
+            "crop_size": crop_size,
+            "num_crops": 2,
+        }
+    ]
+
+
+def best_time(fn: Callable[[], object], repeats: int, sync: bool = False) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    b = args.batch
+    rows = []
+    for size in (32, 224):
+        cfg = simclr_config(size)
+        dataset = "cifar10" if size == 32 else "imagenet"
+        g = torch.Generator().manual_seed(0)
+        raw = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g)  # (B, 3, S, S)
+        pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in raw]
+        tv = build_torchvision_pipeline(cfg, dataset)
+        kornia_aug = build_multiview_augmentation(cfg, dataset)
+        t_tv = best_time(lambda: [tv(im) for im in pil], max(1, args.repeats - 1))
+        t_cpu = best_time(lambda: kornia_aug(raw), args.repeats)
+        row = {"size": size, "tv": b / t_tv, "cpu": b / t_cpu, "cuda": None, "frac": None}
+        if torch.cuda.is_available():
+            import torchvision
+
+            dev = torch.device("cuda")
+            raw_d = raw.to(dev)
+            t_gpu = best_time(lambda: kornia_aug(raw_d), args.repeats, sync=True)
+            net = torchvision.models.resnet18(num_classes=128).to(dev)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            views = kornia_aug(raw_d)
+
+            def step() -> None:
+                loss = sum(net(v).float().pow(2).mean() for v in views)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            t_step = best_time(step, args.repeats, sync=True)
+            row.update(cuda=b / t_gpu, frac=t_gpu / t_step)
+        rows.append(row)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu only"
+    print(f"batch {b}, 2 views per image (SimCLR), torch threads {torch.get_num_threads()}, {device}")
+    print("| size | torchvision per image, CPU (img/s) | Kornia batch, CPU (img/s) | ratio CPU | "
+          "Kornia batch, CUDA (img/s) | ratio CUDA | aug / resnet18 step |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        cuda = f"{r['cuda']:.0f}" if r["cuda"] else "n/a"
+        ratio_cuda = f"{r['cuda'] / r['tv']:.1f}x" if r["cuda"] else "n/a"
+        frac = f"{100 * r['frac']:.1f}%" if r["frac"] is not None else "n/a"
+        print(f"| {r['size']} px | {r['tv']:.0f} | {r['cpu']:.0f} | {r['cpu'] / r['tv']:.1f}x | "
+              f"{cuda} | {ratio_cuda} | {frac} |")
+
+
+if __name__ == "__main__":
+    main()
