@@ -1,0 +1,26 @@
+"""A 2-process DDP run (gloo, CPU): every parameter of f, f_ph and f_msr ends identical on both
+ranks, and f_msr was trained."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "support" / "ddp_fit.py"
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_ddp_two_ranks_stay_identical(method, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    result = subprocess.run([sys.executable, str(SCRIPT), method, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["msr_steps"] == ranks[1]["msr_steps"] == 3
+    p0, p1 = ranks[0]["params"], ranks[1]["params"]
+    assert p0.keys() == p1.keys() and any(k.startswith("msr.") for k in p0)
+    for name in p0:
+        assert torch.equal(p0[name], p1[name]), f"{name} differs between ranks"
