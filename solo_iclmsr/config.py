@@ -339,6 +339,9 @@ class DataConfig:
         no_labels: the training folder has no class sub-folders.
         num_classes: number of classes; ``None`` takes the dataset's (custom: sub-folders).
         kwargs: free-form options of the dataset (for ``builtin``: its generator's settings).
+        download: let torchvision download CIFAR-10/100 or STL-10 into ``train_path``.
+        image_size: side of the images loaded on the CPU before the device augmentation;
+            ``None`` takes the dataset's default.
     """
 
     dataset: str = _opt(choices=DATASETS)
@@ -350,6 +353,8 @@ class DataConfig:
     no_labels: bool = False
     num_classes: Optional[int] = _opt(None, low=1)
     kwargs: Dict[str, Any] = _opt(factory=dict)
+    download: bool = False
+    image_size: Optional[int] = _opt(None, low=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1051,6 +1056,7 @@ class EvalDataConfig:
     num_classes: Optional[int] = _opt(None, low=1)
     augmentations: EvalAugmentationConfig = _opt(factory=EvalAugmentationConfig)
     kwargs: Dict[str, Any] = _opt(factory=dict)
+    download: bool = False
 
     @property
     def crop_size(self) -> int:

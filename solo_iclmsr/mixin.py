@@ -61,6 +61,28 @@ class TimmBackboneMixin:
         return backbone, backbone.num_features
 
 
+class DeviceAugmentationMixin:
+    """Augments raw batches on the device, after Lightning moved them there.
+
+    With ``set_device_augmentation(aug)`` (a ``solo_iclmsr.augment.MultiViewAugmentation``), a
+    raw batch ``(indexes, images uint8 (B, 3, H, W), targets)`` becomes solo's
+    ``[indexes, [view, ...], targets]`` in ``on_after_batch_transfer``, and the raw images,
+    resized and normalised, are kept for f_msr. Batches that already hold views pass unchanged.
+    """
+
+    def set_device_augmentation(self, augmentation: Optional[nn.Module]) -> None:
+        self.device_augmentation = augmentation
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        augmentation = getattr(self, "device_augmentation", None)
+        if augmentation is None or not isinstance(batch[1], Tensor) or batch[1].dtype != torch.uint8:
+            return batch
+        indexes, images, targets = batch
+        self._iclmsr_raw = augmentation.raw_view(images)
+        return [indexes, augmentation(images), targets]
+
+
 @contextlib.contextmanager
 def _trainable(module: nn.Module) -> Iterator[None]:
     params = list(module.parameters())
@@ -188,6 +210,8 @@ class ICLMSRMixin:
             return l_ct, self._msr_loss(features, weights, outputs)
 
         alpha = resolve_alpha(self.iclmsr, lr)
+        if alpha <= 0:  # e.g. warm-up from lr 0: theta' = theta, L_ct(theta') does not depend on A
+            return {}
         with _trainable(self.msr), self._replaying(outputs):
             with torch.enable_grad():
                 weights = self.msr(raw)

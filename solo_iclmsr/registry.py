@@ -11,7 +11,7 @@ import logging
 from typing import Dict, MutableMapping, Optional
 
 from solo_iclmsr import adapters
-from solo_iclmsr.mixin import ICLMSRMixin, TimmBackboneMixin
+from solo_iclmsr.mixin import DeviceAugmentationMixin, ICLMSRMixin, TimmBackboneMixin
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,11 @@ SUFFIX = "_iclmsr"
 def make_variant(name: str, method_cls: type, adapter: adapters.MethodAdapter) -> type:
     """A subclass of ``method_cls`` with ICL-MSR and timm backbones; the original is untouched.
 
-    MRO: variant, ICLMSRMixin, TimmBackboneMixin, method, ..., ReplayPoint, solo's base class.
+    MRO: variant, ICLMSRMixin, DeviceAugmentationMixin, TimmBackboneMixin, method, ...,
+    ReplayPoint, solo's base class.
     """
-    bases = (ICLMSRMixin, TimmBackboneMixin, method_cls, adapters.replay_point_for(method_cls))
+    bases = (ICLMSRMixin, DeviceAugmentationMixin, TimmBackboneMixin, method_cls,
+             adapters.replay_point_for(method_cls))
     attrs = {"_iclmsr_method_cls": method_cls, "_iclmsr_adapter": adapter,
              "__module__": __name__, "__doc__": f"{method_cls.__name__} with ICL-MSR ({name}{SUFFIX})."}
     return type(f"{method_cls.__name__}ICLMSR", bases, attrs)

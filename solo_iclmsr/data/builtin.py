@@ -395,13 +395,16 @@ def builtin_cache_path(spec: BuiltinSpec, split: str, root: Optional[Union[str, 
     Args:
         spec: dataset parameters.
         split: ``"train"`` or ``"test"``.
-        root: cache root; ``None`` for :data:`DEFAULT_BUILTIN_ROOT` (``~`` is expanded).
+        root: cache root; ``None`` for ``$SOLO_ICLMSR_CACHE/builtin`` when that variable is set,
+            else :data:`DEFAULT_BUILTIN_ROOT` (``~`` is expanded).
 
     Returns:
         ``root / spec.key() / f"{split}.npz"``.
     """
-    root = Path(os.path.expanduser(str(root if root is not None else DEFAULT_BUILTIN_ROOT)))
-    return root / spec.key() / f"{split}.npz"
+    if root is None:
+        env = os.environ.get("SOLO_ICLMSR_CACHE")
+        root = os.path.join(env, "builtin") if env else DEFAULT_BUILTIN_ROOT
+    return Path(os.path.expanduser(str(root))) / spec.key() / f"{split}.npz"
 
 
 def _sha256(path: Path) -> str:
