@@ -1,0 +1,154 @@
+"""The meta semantic regularizer f_msr and the channel weighting it drives (ICLMSR.md section 2).
+
+f_msr reads the raw, un-augmented image X (B, 3, H, W) and proposes n channel-weight vectors per
+image, A_s = [a_1 .. a_n] with shape (B, n, c). Each a_t stands for one stratum Z_s^t of the
+backdoor adjustment P(Y | do(X)) = sum_t P(Y | X, Z_s^t) P(Z_s^t), P(Z_s^t) = 1/n.
+
+The weighting a_t ⊙ Z scales channel r of the feature output Z by a_{r,t} [paper]. Decisions
+(ICLMSR.md section 2):
+
+* a_t = normalize(softplus(logits_t)): non-negative and of unit L2 norm, as the Gaussian potential
+  of the uniformity loss presumes.
+* The weights applied to Z are sqrt(c) * a_t, so a uniform a_t (every entry 1/sqrt(c)) is the
+  identity weighting. Paper says "a_t ⊙ Z"; we rescale by sqrt(c) because a unit-norm a_t would
+  otherwise shrink every channel by about 1/sqrt(c) and change the scale the head was built for.
+* With global average pooling, weighting the map and then pooling equals pooling and then
+  weighting the pooled vector (pooling is linear and acts per channel), so the encoder runs once
+  per view and only the pooled vector is re-weighted n times (``pooled_weighted_features``).
+  This shortcut is only valid where pooling is average pooling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MetaSemanticRegularizer",
+    "channel_weights",
+    "weight_features",
+    "weighted_views",
+    "pooled_weighted_features",
+]
+
+
+class MetaSemanticRegularizer(nn.Module):
+    """f_msr: raw images (B, 3, H, W) -> A_s (B, n, c), every a_t non-negative and unit-norm.
+
+    A small CNN: ``depth`` blocks of 3x3 conv - BatchNorm - ReLU (the first with stride 1, the
+    others with stride 2), global average pooling, and a linear layer to n * c logits; then
+    a_t = normalize(softplus(logits_t)) (ICLMSR.md section 2, [decision]).
+
+    Args:
+        feature_dim: c, the number of channels of the encoder's feature output Z.
+        n_strata: n, the number of weight vectors per image.
+        depth: number of conv-BN-ReLU blocks.
+        width: channels of every conv block.
+        in_channels: channels of the raw image.
+        input_size: if set, the raw image is resized (bilinear) to ``input_size`` x ``input_size``
+            first, e.g. to the crop size of the views.
+
+    Example:
+        >>> reg = MetaSemanticRegularizer(feature_dim=16, n_strata=4, depth=2, width=8)
+        >>> reg(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 4, 16])
+    """
+
+    def __init__(self, feature_dim: int, n_strata: int = 8, depth: int = 4, width: int = 64,
+                 in_channels: int = 3, input_size: Optional[int] = None) -> None:
+        super().__init__()
+        for name, value in (("feature_dim", feature_dim), ("n_strata", n_strata),
+                            ("depth", depth), ("width", width), ("in_channels", in_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MetaSemanticRegularizer: {name}={value!r} is invalid: "
+                                 f"expected an integer >= 1.")
+        self.feature_dim = feature_dim
+        self.n_strata = n_strata
+        self.input_size = input_size
+        blocks: List[nn.Module] = []
+        channels = in_channels
+        for i in range(depth):
+            blocks += [nn.Conv2d(channels, width, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
+        self.body = nn.Sequential(*blocks)
+        self.fc = nn.Linear(width, n_strata * feature_dim)
+
+    def logits(self, raw: Tensor) -> Tensor:
+        """Unconstrained logits (B, n, c) of the raw images (B, 3, H, W)."""
+        if raw.dim() != 4:
+            raise ValueError(f"MetaSemanticRegularizer expects raw images (B, C, H, W), got shape "
+                             f"{tuple(raw.shape)}.")
+        if self.input_size is not None and tuple(raw.shape[-2:]) != (self.input_size,) * 2:
+            raw = F.interpolate(raw, size=(self.input_size, self.input_size), mode="bilinear",
+                                align_corners=False)
+        h = self.body(raw).mean(dim=(2, 3))  # (B, width)
+        return self.fc(h).view(raw.shape[0], self.n_strata, self.feature_dim)
+
+    def forward(self, raw: Tensor) -> Tensor:
+        """A_s (B, n, c): a_t = softplus(logits_t) / ||softplus(logits_t)||_2."""
+        return F.normalize(F.softplus(self.logits(raw)), dim=-1, eps=1e-12)
+
+
+def channel_weights(weights: Tensor) -> Tensor:
+    """The factors applied to Z: sqrt(c) * a_t, shape (B, n, c) (uniform a_t -> all ones)."""
+    return weights * math.sqrt(weights.shape[-1])
+
+
+def weight_features(features: Tensor, weights: Tensor) -> Tensor:
+    """a_t ⊙ Z for every stratum: the channels of one view's features scaled by sqrt(c) * a_t.
+
+    Args:
+        features: Z of one view: a CNN map (B, c, h, w), tokens (B, L, c) or pooled (B, c).
+        weights: A_s (B, n, c) of the same images.
+
+    Returns:
+        (B, n, c, h, w), (B, n, L, c) or (B, n, c): stratum t of image i in ``[i, t]``.
+    """
+    if weights.dim() != 3 or weights.shape[0] != features.shape[0]:
+        raise ValueError(f"weights must have shape (B, n, c) with B = {features.shape[0]}, got "
+                         f"{tuple(weights.shape)}.")
+    w = channel_weights(weights)
+    c = w.shape[-1]
+    if features.dim() == 4:  # map (B, c, h, w): the channel dimension is 1
+        _check_channels(features.shape[1], c, "map (B, c, h, w)")
+        return features.unsqueeze(1) * w[..., None, None]
+    if features.dim() == 3:  # tokens (B, L, c): the channel dimension is the last
+        _check_channels(features.shape[-1], c, "tokens (B, L, c)")
+        return features.unsqueeze(1) * w.unsqueeze(2)
+    if features.dim() == 2:  # pooled (B, c)
+        _check_channels(features.shape[-1], c, "pooled (B, c)")
+        return features.unsqueeze(1) * w
+    raise ValueError(f"features must be a map (B, c, h, w), tokens (B, L, c) or pooled (B, c), "
+                     f"got shape {tuple(features.shape)}.")
+
+
+def weighted_views(features: Sequence[Tensor], weights: Tensor) -> List[Tensor]:
+    """``weight_features`` for every view; the views of an image share its A_s [paper]."""
+    return [weight_features(z, weights) for z in features]
+
+
+def pooled_weighted_features(features: Tensor, weights: Tensor) -> Tensor:
+    """The pooled shortcut: avgpool(a_t ⊙ Z) computed as sqrt(c) a_t ⊙ avgpool(Z), (B, n, c).
+
+    Equal to pooling ``weight_features(features, weights)`` for average pooling over the spatial
+    positions of a map (B, c, h, w) or over the tokens of (B, L, c); not valid for other poolings.
+    """
+    if features.dim() == 4:
+        pooled = features.mean(dim=(2, 3))
+    elif features.dim() == 3:
+        pooled = features.mean(dim=1)
+    else:
+        pooled = features
+    return weight_features(pooled, weights)
+
+
+def _check_channels(found: int, expected: int, layout: str) -> None:
+    if found != expected:
+        raise ValueError(f"features given as {layout} have {found} channels but the weights have "
+                         f"c = {expected}; build MetaSemanticRegularizer(feature_dim={found}).")
+
