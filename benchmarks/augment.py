@@ -1,14 +1,14 @@
-"""Images per second: the Kornia batch pipeline versus solo-learn's torchvision per-image pipeline.
+"""Images per second: the batch pipeline versus solo-learn's torchvision per-image pipeline.
 
 Same SimCLR config (solo-learn's cifar / imagenet SimCLR augmentations, two crops), batch 256, at
 32 px and 224 px. solo-learn's pipeline runs as solo does: torchvision v1 transforms on PIL images,
-one image at a time (here in the main process, no loader workers). The Kornia pipeline takes the
-uint8 batch and makes both views at once. With CUDA, it also runs there and reports the
-augmentation time as a fraction of one resnet18 training step (forward + backward + SGD step on
-both views of the same batch).
+one image at a time (here in the main process, no loader workers). The batch pipeline
+(``solo_iclmsr.augment.MultiViewAugmentation``) takes the uint8 batch and makes both views at
+once. With CUDA, it also runs there and reports the augmentation time as a fraction of one
+resnet18 training step (forward + backward + SGD step on both views of the same batch).
 
 Usage:
-    OMP_NUM_THREADS=2 python benchmarks/augment.py [--batch 256] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/augment.py [--batch 256] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -69,19 +69,19 @@ def main() -> None:
         raw = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g)  # (B, 3, S, S)
         pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in raw]
         tv = build_torchvision_pipeline(cfg, dataset)
-        kornia_aug = build_multiview_augmentation(cfg, dataset)
+        batch_aug = build_multiview_augmentation(cfg, dataset)
         t_tv = best_time(lambda: [tv(im) for im in pil], max(1, args.repeats - 1))
-        t_cpu = best_time(lambda: kornia_aug(raw), args.repeats)
+        t_cpu = best_time(lambda: batch_aug(raw), args.repeats)
         row = {"size": size, "tv": b / t_tv, "cpu": b / t_cpu, "cuda": None, "frac": None}
         if torch.cuda.is_available():
             import torchvision
 
             dev = torch.device("cuda")
             raw_d = raw.to(dev)
-            t_gpu = best_time(lambda: kornia_aug(raw_d), args.repeats, sync=True)
+            t_gpu = best_time(lambda: batch_aug(raw_d), args.repeats, sync=True)
             net = torchvision.models.resnet18(num_classes=128).to(dev)
             opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-            views = kornia_aug(raw_d)
+            views = batch_aug(raw_d)
 
             def step() -> None:
                 loss = sum(net(v).float().pow(2).mean() for v in views)
@@ -95,8 +95,8 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu only"
     print(f"batch {b}, 2 views per image (SimCLR), torch threads {torch.get_num_threads()}, {device}")
-    print("| size | torchvision per image, CPU (img/s) | Kornia batch, CPU (img/s) | ratio CPU | "
-          "Kornia batch, CUDA (img/s) | ratio CUDA | aug / resnet18 step |")
+    print("| size | torchvision per image, CPU (img/s) | batch pipeline, CPU (img/s) | ratio CPU | "
+          "batch pipeline, CUDA (img/s) | ratio CUDA | aug / resnet18 step |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         cuda = f"{r['cuda']:.0f}" if r["cuda"] else "n/a"

@@ -2,9 +2,9 @@
 
 solo-learn augments each image on the CPU, one PIL image at a time, inside the data loader. Here
 the loader only yields raw ``uint8`` images, and :class:`MultiViewAugmentation` builds every view of
-a whole batch at once on the batch's device with Kornia, each sample drawing its own parameters
-(``same_on_batch=False``). The raw image travels with the views: :meth:`MultiViewAugmentation.raw_view`
-gives the batch resized to the first crop size and normalised, which is what f_msr sees.
+a whole batch at once on the batch's device, each sample drawing its own parameters. The raw image
+travels with the views: :meth:`MultiViewAugmentation.raw_view` gives the batch resized to the first
+crop size and normalised, which is what f_msr sees.
 
 The config follows the newer solo-learn schema (upstream main): a list of pipelines, each::
 
@@ -22,29 +22,43 @@ The config follows the newer solo-learn schema (upstream main): a list of pipeli
 and :func:`build_torchvision_pipeline` builds solo-learn's own per-image torchvision pipeline for
 the same list, for comparisons and the benchmark.
 
+What a :class:`ViewPipeline` does, in solo-learn's order: random resized crop (torchvision's
+sampling of box and ratio) resampled from the 8-bit image with torch's antialiased,
+PIL-compatible kernel; conversion to float; colour jitter (torchvision's four steps, factors and
+order drawn per sample); grayscale; Gaussian blur; solarization; equalization (Kornia's); flip;
+normalisation. Each op is a small module with a parameter generator (documented shapes) and a
+deterministic apply; every op works on the rows its probability selects only. The ops are plain
+torch, batched, on any device. On the CPU the work is scheduled in cache-sized chunks of views
+(see :class:`ViewPipeline`), which is what makes it fast there.
+
 Differences from solo-learn's torchvision pipeline (all per-sample randomness is kept):
-    * Gaussian blur: solo blurs the PIL image with ``ImageFilter.GaussianBlur(radius=sigma)``,
-      sigma ~ U(0.1, 2.0) pixels. Here Kornia's separable Gaussian has a finite kernel of
-      ``round(23 * crop_size / 224)`` pixels, made odd (23 at 224 px, 3 at 32 px, the BYOL
-      convention of about 10% of the side), so at small crops large sigmas are truncated.
-    * Colour jitter: torchvision draws the order of the four colour steps per image; Kornia draws
-      one order per call (the factors are still per image).
-    * Random resized crop: bicubic resampling of the float image (``grid_sample``), clamped to
-      [0, 1]; torchvision resamples the 8-bit PIL image. When ``rrc.enabled`` is false, solo resizes
-      the shorter side to ``crop_size``; here the image is resized to ``crop_size x crop_size``
-      (identical for the square images the loaders of :mod:`solo_iclmsr.data` give).
+    * Precision: after the 8-bit crop every step works in float32; PIL rounds to 8 bits after
+      every step (about half a level of difference per step). A float input is rounded to 8 bits
+      first. On CUDA the crop resamples floats and rounds them (PIL's kernel, not bit-exact).
+    * Random resized crop: torch's uint8 kernel agrees with PIL within one level except where the
+      two clip an overshoot between their separable passes in another order.
+    * Gaussian blur: solo blurs the PIL image with ``ImageFilter.GaussianBlur(radius=sigma)``
+      (three box passes), sigma ~ U(0.1, 2.0) pixels. Here a separable Gaussian with reflect
+      padding and ``min(blur_kernel_size(crop_size), 13)`` taps (3 at 32 px, the BYOL convention
+      of about 10% of the side; at most 13, as taps beyond 3 sigma_max = 6 px carry < 0.3% of
+      the weight), so at small crops large sigmas are truncated.
+    * Colour jitter: the contrast step's mean luma is not rounded to an 8-bit level as PIL's is.
+    * When ``rrc.enabled`` is false, solo resizes the shorter side to ``crop_size``; here the image
+      is resized to ``crop_size x crop_size`` (identical for the square images the loaders of
+      :mod:`solo_iclmsr.data` give).
     * Normalisation: an explicit ``mean``/``std`` of a pipeline wins over the dataset's table
       entry (solo lets the dataset table win).
 """
-
 from __future__ import annotations
 
 import difflib
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import kornia.augmentation as K
+import kornia
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +70,14 @@ __all__ = [
     "parse_augmentations",
     "resolve_mean_std",
     "blur_kernel_size",
+    "ResizedCrop",
+    "ColorJitter",
+    "shift_hue_",
+    "RandomGrayscale",
+    "RandomGaussianBlur",
+    "RandomSolarize",
+    "RandomEqualize",
+    "RandomHorizontalFlip",
     "ViewPipeline",
     "MultiViewAugmentation",
     "build_multiview_augmentation",
@@ -82,6 +104,9 @@ DATASET_MEAN_STD: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float
 
 # solo-learn's sigma range for Gaussian blur, in pixels of the crop.
 BLUR_SIGMA: Tuple[float, float] = (0.1, 2.0)
+# Largest blur kernel used: taps up to 3 sigma_max = 6 px; further taps carry < 0.3% of the weight
+# at sigma = 2 (PIL's own blur, three box passes, reaches about 7 px).
+BLUR_MAX_KERNEL = 13
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,29 +344,383 @@ def blur_kernel_size(crop_size: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Kornia pipelines
+# Batch ops: each draws per-sample parameters for the whole batch, then applies them to any rows
+# --------------------------------------------------------------------------------------------------
+
+Params = Dict[str, torch.Tensor]
+
+# Luma weights of PIL's "L" conversion (ITU-R 601-2), used by torchvision's and Kornia's grayscale.
+_GRAY_WEIGHTS: Tuple[float, float, float] = (0.299, 0.587, 0.114)
+
+
+def _draw_apply(batch_size: int, p: float, device: torch.device) -> torch.Tensor:
+    """(B,) bool, each True with probability ``p`` (one uniform draw per sample)."""
+    return torch.rand(batch_size, device=device) < p
+
+
+def _uniform(batch_size: int, low: float, high: float, device: torch.device) -> torch.Tensor:
+    """(B,) float32 drawn from U(low, high)."""
+    return torch.rand(batch_size, device=device) * (high - low) + low
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """(n, 3, h, w) -> (n, 1, h, w) luma."""
+    r, g, b = x.unbind(1)
+    return (r * _GRAY_WEIGHTS[0]).add_(g, alpha=_GRAY_WEIGHTS[1]).add_(b, alpha=_GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _take(params: Params, rows: torch.Tensor) -> Params:
+    """The parameters of some rows: every (B, ...) tensor indexed by ``rows`` (m,)."""
+    return {k: v[rows] for k, v in params.items()}
+
+
+def _on_rows(
+    x: torch.Tensor, apply: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Runs ``fn(x[idx], idx)`` on the rows where ``apply`` is True only.
+
+    Args:
+        x: (n, 3, h, w); the selected rows are written back in place.
+        apply: (n,) bool.
+        fn: maps the selected rows (m, 3, h, w) and their indices (m,) to new rows of that shape;
+            it may work in place on the rows it is given.
+
+    Returns:
+        ``x`` with the selected rows replaced, or ``fn``'s result when every row is selected.
+    """
+    idx = apply.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    if idx.numel() == x.shape[0]:
+        return fn(x, idx)
+    return x.index_copy_(0, idx, fn(x.index_select(0, idx), idx))
+
+
+class ResizedCrop(nn.Module):
+    """Random resized crop (torchvision's sampling) or a plain resize, from uint8 images.
+
+    Parameters (:meth:`generate_parameters`): ``boxes`` (B, 4) int64, ``(x0, y0, w, h)`` of the crop
+    in source pixels. With ``random=True`` they follow ``torchvision.transforms.RandomResizedCrop``:
+    ten tries of an area fraction ~ U(scale) and a log-uniform aspect ratio in [3/4, 4/3], the first
+    that fits wins, with a uniform integer position; otherwise a centre crop of clamped ratio. With
+    ``random=False`` every box is the whole image.
+
+    :meth:`forward` resizes each crop with ``F.interpolate(antialias=True)`` on 8-bit channels-last
+    images, torch's PIL-compatible resampler (one call per view: each view has its own box size), so
+    the views are 8-bit like solo-learn's PIL crops.
+
+    Args:
+        size: side of the output views.
+        scale: range of the crop area as a fraction of the image area.
+        random: random resized crop if True, a resize of the whole image if False.
+        resample: ``"bicubic"`` (solo's) or ``"bilinear"``.
+    """
+
+    def __init__(
+        self, size: int, scale: Tuple[float, float], random: bool = True, resample: str = "bicubic"
+    ) -> None:
+        super().__init__()
+        self.size, self.scale, self.random, self.resample = size, scale, random, resample
+        self.log_ratio = (math.log(3 / 4), math.log(4 / 3))
+
+    def generate_parameters(self, batch_size: int, height: int, width: int, device: torch.device) -> Params:
+        if not self.random:
+            whole = torch.tensor([0, 0, width, height], device=device)
+            return {"boxes": whole.expand(batch_size, 4).clone()}
+        tries = 10
+        area = height * width * _uniform(batch_size * tries, *self.scale, device).view(batch_size, tries)
+        ratio = torch.exp(_uniform(batch_size * tries, *self.log_ratio, device).view(batch_size, tries))
+        w = torch.sqrt(area * ratio).round().long()  # (B, 10)
+        h = torch.sqrt(area / ratio).round().long()
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = fits.long().argmax(1, keepdim=True)  # first try that fits (0 when none fits)
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+        # fallback, as torchvision: the largest centred crop whose ratio is clamped to [3/4, 4/3]
+        in_ratio = width / height
+        if in_ratio < 3 / 4:
+            fw, fh = width, int(round(width / (3 / 4)))
+        elif in_ratio > 4 / 3:
+            fw, fh = int(round(height * (4 / 3))), height
+        else:
+            fw, fh = width, height
+        ok = fits.any(1)
+        w = torch.where(ok, w, torch.full_like(w, fw))
+        h = torch.where(ok, h, torch.full_like(h, fh))
+        u = torch.rand(batch_size, 2, device=device)
+        x0 = torch.where(ok, (u[:, 0] * (width - w + 1)).long(), torch.full_like(w, (width - fw) // 2))
+        y0 = torch.where(ok, (u[:, 1] * (height - h + 1)).long(), torch.full_like(h, (height - fh) // 2))
+        return {"boxes": torch.stack([x0, y0, w, h], 1)}
+
+    def forward(
+        self, images: torch.Tensor, params: Params, sources: Sequence[int], flip: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Crops and resizes some views.
+
+        Args:
+            images: uint8 (B, 3, H, W), preferably channels-last.
+            params: ``boxes`` (n, 4) of these views.
+            sources: n row indices into ``images``.
+            flip: optional (n,) bool, views to mirror left-right (:class:`RandomHorizontalFlip`'s
+                ``apply``): cheapest here, on each 8-bit view as it is made.
+
+        Returns:
+            uint8 (n, 3, size, size) (channels-last on the CPU).
+        """
+        s = self.size
+        crops = []
+        flips = flip.tolist() if flip is not None else [False] * len(sources)
+        for (x0, y0, w, h), src, mirror in zip(params["boxes"].tolist(), sources, flips):
+            crop = images[src : src + 1, :, y0 : y0 + h, x0 : x0 + w]
+            if (h, w) != (s, s):
+                if crop.device.type != "cpu":  # CUDA resamples floats; round as the 8-bit CPU kernel
+                    crop = F.interpolate(crop.float(), size=(s, s), mode=self.resample, antialias=True)
+                    crop = crop.round_().clamp_(0, 255).to(torch.uint8)
+                else:
+                    crop = F.interpolate(crop, size=(s, s), mode=self.resample, antialias=True)
+            crops.append(crop.flip(-1) if mirror else crop)
+        return torch.cat(crops)
+
+
+class ColorJitter(nn.Module):
+    """torchvision's ``ColorJitter`` in a random order per sample, on a float batch in [0, 1].
+
+    Parameters: ``apply`` (B,) bool; ``brightness``, ``contrast``, ``saturation`` (B,) factors ~
+    U(max(0, 1 - v), 1 + v); ``hue`` (B,) shift in turns ~ U(-h, h); ``order`` (B, 4) int64, a
+    permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue) per sample, as torchvision's
+    ``randperm(4)`` per image. A step whose strength is 0 is skipped, as torchvision does.
+
+    The steps are torchvision's tensor formulas, each clamped to [0, 1]: brightness ``f x``;
+    contrast ``f x + (1 - f) mean(gray(x))``; saturation ``f x + (1 - f) gray(x)``; hue: the HSV hue
+    plus ``hue`` turns. The hue step keeps V = max and S, so it needs only max, chroma = max - min
+    and the hexagonal hue ``H`` in [0, 6): each channel is ``max - chroma * clamp(min(k, 4 - k),
+    0, 1)`` with ``k = (n + H) mod 6``, n = 5, 3, 1 for R, G, B (the closed form of HSV -> RGB).
+    Rows that share an order are processed together (one pass per step).
+
+    Args:
+        brightness, contrast, saturation: strengths (>= 0).
+        hue: strength in [0, 0.5].
+        p: probability of jittering a sample.
+    """
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> None:
+        super().__init__()
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.hue, self.p = hue, p
+        self.steps = [i for i, v in enumerate((brightness, contrast, saturation, hue)) if v > 0]
+
+    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
+        def factor(v: float) -> torch.Tensor:
+            return _uniform(batch_size, max(0.0, 1.0 - v), 1.0 + v, device)
+
+        return {
+            "apply": _draw_apply(batch_size, self.p, device),
+            "brightness": factor(self.brightness),
+            "contrast": factor(self.contrast),
+            "saturation": factor(self.saturation),
+            "hue": _uniform(batch_size, -self.hue, self.hue, device),
+            "order": torch.rand(batch_size, 4, device=device).argsort(1),
+        }
+
+    @staticmethod
+    def order_key(order: torch.Tensor) -> torch.Tensor:
+        """(B, 4) permutations -> (B,) int64 code in [0, 256), equal for equal orders."""
+        return (order * torch.tensor([64, 16, 4, 1], device=order.device)).sum(1)
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        """Jitters the rows of ``x`` (n, 3, h, w) selected by ``apply``, in place; returns ``x``."""
+        return _on_rows(x, params["apply"], lambda rows, idx: self._jitter(rows, _take(params, idx)))
+
+    def _jitter(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        keys = self.order_key(params["order"])
+        codes = keys.unique()
+        if codes.numel() > 1:  # mixed orders: one group per order
+            for code in codes:
+                x = _on_rows(x, keys == code, lambda rows, idx: self._jitter(rows, _take(params, idx)))
+            return x
+        view = (-1, 1, 1, 1)
+        for step in params["order"][0].tolist():
+            if step not in self.steps:
+                continue
+            if step == 0:
+                x.mul_(params["brightness"].view(view)).clamp_(0.0, 1.0)
+            elif step == 1:
+                f = params["contrast"].view(view)
+                # mean of the luma = luma of the channel means
+                mean = x.mean((2, 3)) @ x.new_tensor(_GRAY_WEIGHTS)  # (n,)
+                mean = mean.view(view)
+                x.mul_(f).add_((1.0 - f) * mean).clamp_(0.0, 1.0)
+            elif step == 2:
+                f = params["saturation"].view(view)
+                gray = _gray(x).mul_(1.0 - f)
+                x.mul_(f).add_(gray).clamp_(0.0, 1.0)
+            else:
+                shift_hue_(x, params["hue"])
+        return x
+
+
+def shift_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Adds ``shift`` turns to the HSV hue of each image, in place (torchvision's ``adjust_hue``).
+
+    A hue shift keeps V = max and S (so chroma = max - min): with the hexagonal hue ``H`` in
+    [0, 6), HSV -> RGB is ``R = min + chroma * s(H - 3)``, ``G = max - chroma * s(H - 2)``,
+    ``B = max - chroma * s(H - 4)`` with ``s(d) = clamp(|d| - 1, 0, 1)``.
+
+    Args:
+        x: float (n, 3, h, w) in [0, 1].
+        shift: (n,) hue shifts in turns (0.5 = 180 degrees).
+
+    Returns:
+        ``x``.
+    """
+    r, g, b = x.unbind(1)
+    maxc = x.amax(1)
+    minc = x.amin(1)
+    chroma = maxc - minc
+    # hexagonal hue times chroma, with torchvision's tie order (red, then green, then blue);
+    # float masks: cheaper than torch.where on the CPU
+    is_r = (maxc == r).float()
+    is_g = (maxc == g).float().mul_(1.0 - is_r)
+    is_b = (1.0 - is_r).sub_(is_g)
+    num = (g - b).mul_(is_r)
+    num.addcmul_((b - r).add_(chroma, alpha=2.0), is_g).addcmul_((r - g).add_(chroma, alpha=4.0), is_b)
+    hue6 = num.div_(chroma.clamp_min(1e-12)).add_(6.0 * shift.view(-1, 1, 1))  # grey: chroma 0
+    hue6.sub_(torch.floor(hue6 / 6.0).mul_(6.0))  # into [0, 6)
+    torch.addcmul(minc, (hue6 - 3.0).abs_().sub_(1.0).clamp_(0.0, 1.0), chroma, out=x[:, 0])
+    torch.addcmul(maxc, (hue6 - 2.0).abs_().sub_(1.0).clamp_(0.0, 1.0), chroma, value=-1.0, out=x[:, 1])
+    torch.addcmul(maxc, hue6.sub_(4.0).abs_().sub_(1.0).clamp_(0.0, 1.0), chroma, value=-1.0, out=x[:, 2])
+    return x
+
+
+class RandomGrayscale(nn.Module):
+    """Luma in all three channels. Parameters: ``apply`` (B,) bool."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
+        return {"apply": _draw_apply(batch_size, self.p, device)}
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return _on_rows(x, params["apply"], lambda rows, idx: _gray(rows).expand_as(rows).contiguous())
+
+
+class RandomGaussianBlur(nn.Module):
+    """Separable Gaussian blur with a per-sample sigma, reflect padding, a fixed kernel size.
+
+    Parameters: ``apply`` (B,) bool; ``sigma`` (B,) float ~ U(0.1, 2.0) pixels.
+
+    Args:
+        kernel_size: odd kernel side (see :func:`blur_kernel_size`).
+        p: probability of blurring a sample.
+    """
+
+    def __init__(self, kernel_size: int, p: float) -> None:
+        super().__init__()
+        self.kernel_size, self.p = kernel_size, p
+
+    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
+        return {
+            "apply": _draw_apply(batch_size, self.p, device),
+            "sigma": _uniform(batch_size, *BLUR_SIGMA, device),
+        }
+
+    def kernels(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(m,) sigmas -> (m, kernel_size) normalised 1-D Gaussian kernels."""
+        half = self.kernel_size // 2
+        pos = torch.arange(-half, half + 1, device=sigma.device, dtype=torch.float32)
+        k = torch.exp(-(pos**2) / (2 * sigma.view(-1, 1) ** 2))
+        k = k / k.sum(1, keepdim=True)
+        # weights below 1e-12 (sigma near 0.1) become 0: denormal products make the CPU convolution
+        # several times slower
+        return k.masked_fill_(k < 1e-12, 0.0)
+
+    def _blur_rows(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        m, c, h, w = x.shape
+        half = self.kernel_size // 2
+        weight = self.kernels(sigma).repeat_interleave(c, 0).view(m * c, 1, -1, 1)  # (m*3, 1, k, 1)
+        # pad once, then two valid convolutions: explicit padding is several times faster on the
+        # CPU than conv2d's own, and (k, 1) then (1, k) kernels need no transposes
+        x = F.pad(x.reshape(1, m * c, h, w), (half, half, half, half), mode="reflect")
+        x = F.conv2d(x, weight, groups=m * c)  # (1, m*3, h, w + 2 half)
+        x = F.conv2d(x, weight.view(m * c, 1, 1, -1), groups=m * c)  # (1, m*3, h, w)
+        return x.view(m, c, h, w)
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return _on_rows(x, params["apply"], lambda rows, idx: self._blur_rows(rows, params["sigma"][idx]))
+
+
+class RandomSolarize(nn.Module):
+    """Values >= 0.5 become 1 - x, i.e. ``min(x, 1 - x)`` (PIL's threshold 128 on 8-bit values).
+    Parameters: ``apply`` (B,) bool."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
+        return {"apply": _draw_apply(batch_size, self.p, device)}
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return _on_rows(x, params["apply"], lambda rows, idx: torch.minimum(rows, 1.0 - rows))
+
+
+class RandomEqualize(nn.Module):
+    """Histogram equalization per channel (Kornia's ``equalize``). Parameters: ``apply`` (B,) bool."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
+        return {"apply": _draw_apply(batch_size, self.p, device)}
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return _on_rows(x, params["apply"], lambda rows, idx: kornia.enhance.equalize(rows))
+
+
+class RandomHorizontalFlip(nn.Module):
+    """Mirrors left-right. Parameters: ``apply`` (B,) bool. (:class:`ViewPipeline` passes
+    ``apply`` to :class:`ResizedCrop` instead, which mirrors the 8-bit views as it makes them.)"""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
+        return {"apply": _draw_apply(batch_size, self.p, device)}
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return _on_rows(x, params["apply"], lambda rows, idx: rows.flip(-1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipelines
 # --------------------------------------------------------------------------------------------------
 
 
-class _Clamp01(nn.Module):
-    """Clamps to [0, 1]: bicubic resampling overshoots at edges (torchvision's uint8 PIL clips)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
-        return x.clamp(0.0, 1.0)
-
-
 class ViewPipeline(nn.Module):
-    """One pipeline of the config (crop, colour, blur, ..., flip, normalise) on a float batch.
+    """One pipeline of the config: crop, then colour, grayscale, blur, solarize, equalize, flip,
+    normalise, each sample with its own parameters; ops of probability 0 are left out (as solo).
 
-    Each sample draws its own parameters (``same_on_batch=False``); ops with probability 0 are
-    left out, as solo-learn does. The Kornia container is ``self.seq``; the parameters of the last
-    call are in ``self.seq._params`` and can be replayed with ``pipeline(x, params=...)``.
+    :meth:`generate_parameters` draws every op's parameters for the whole batch (from torch's global
+    generator, on the images' device); :meth:`forward` applies them. The parameters of the last call
+    are :meth:`last_params`, and ``pipeline(images, params=pipeline.last_params())`` replays it.
+
+    Work is scheduled for the CPU: views are cropped first (everything after runs at crop size;
+    the flip is applied to the 8-bit crops, which is exact as every later op commutes with it),
+    grouped by colour-jitter order and blur flag (so a chunk runs each colour step once, and blurs
+    all or none of its rows), and processed in chunks of about ``chunk_bytes`` of float data,
+    which stay in cache and reuse memory instead of faulting in fresh pages for every op on a
+    large batch. Every op touches only its selected rows. On other devices a chunk is a whole
+    group. Chunking and grouping do not change any value.
 
     Args:
         view: a parsed pipeline entry.
         mean: per-channel mean used by the final normalisation.
         std: per-channel std used by the final normalisation.
         resample: interpolation of the crop, ``"bicubic"`` (solo's) or ``"bilinear"``.
+        chunk_bytes: size of a chunk of float views on the CPU.
 
     Example:
         >>> view = parse_augmentations([{"crop_size": 8, "num_crops": 1}])[0]
@@ -355,76 +734,127 @@ class ViewPipeline(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         resample: str = "bicubic",
+        chunk_bytes: int = 8 << 20,
     ) -> None:
         super().__init__()
         self.view = view
-        size = (view.crop_size, view.crop_size)
-        ops: List[nn.Module] = []
-        if view.rrc_enabled:
-            # cropping_mode="resample": one grid_sample for the whole batch (slice mode loops
-            # over the images).
-            ops.append(
-                K.RandomResizedCrop(
-                    size,
-                    scale=(view.crop_min_scale, view.crop_max_scale),
-                    resample=resample,
-                    align_corners=False,
-                    cropping_mode="resample",
-                    same_on_batch=False,
-                )
-            )
-        else:
-            ops.append(K.Resize(size, resample=resample, antialias=True))
-        ops.append(_Clamp01())
+        self.chunk_bytes = chunk_bytes
+        scale = (view.crop_min_scale, view.crop_max_scale)
+        self.crop = ResizedCrop(view.crop_size, scale, view.rrc_enabled, resample)
+        ops: Dict[str, nn.Module] = {}
         if view.color_jitter_prob > 0:
-            ops.append(
-                K.ColorJitter(
-                    view.brightness,
-                    view.contrast,
-                    view.saturation,
-                    view.hue,
-                    p=view.color_jitter_prob,
-                    same_on_batch=False,
-                )
+            ops["color_jitter"] = ColorJitter(
+                view.brightness, view.contrast, view.saturation, view.hue, view.color_jitter_prob
             )
         if view.grayscale_prob > 0:
-            ops.append(K.RandomGrayscale(p=view.grayscale_prob, same_on_batch=False))
+            ops["grayscale"] = RandomGrayscale(view.grayscale_prob)
         if view.gaussian_blur_prob > 0:
-            k = blur_kernel_size(view.crop_size)
-            ops.append(
-                K.RandomGaussianBlur((k, k), BLUR_SIGMA, p=view.gaussian_blur_prob, same_on_batch=False)
-            )
+            kernel = min(blur_kernel_size(view.crop_size), BLUR_MAX_KERNEL)
+            ops["gaussian_blur"] = RandomGaussianBlur(kernel, view.gaussian_blur_prob)
         if view.solarization_prob > 0:
-            # thresholds=0, additions=0: a fixed threshold of 0.5 and no shift, as PIL's
-            # ImageOps.solarize(threshold=128) on 8-bit values.
-            ops.append(K.RandomSolarize(0.0, 0.0, p=view.solarization_prob, same_on_batch=False))
+            ops["solarization"] = RandomSolarize(view.solarization_prob)
         if view.equalization_prob > 0:
-            ops.append(K.RandomEqualize(p=view.equalization_prob, same_on_batch=False))
+            ops["equalization"] = RandomEqualize(view.equalization_prob)
         if view.horizontal_flip_prob > 0:
-            ops.append(K.RandomHorizontalFlip(p=view.horizontal_flip_prob, same_on_batch=False))
-        ops.append(K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
-        self.seq = K.AugmentationSequential(*ops, same_on_batch=False)
+            ops["horizontal_flip"] = RandomHorizontalFlip(view.horizontal_flip_prob)
+        self.ops = nn.ModuleDict(ops)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self._params: Optional[Dict[str, Params]] = None
 
-    def forward(self, x: torch.Tensor, params: Optional[List[Any]] = None) -> torch.Tensor:
-        """Augments a float batch.
+    def generate_parameters(
+        self, batch_size: int, height: int, width: int, device: torch.device
+    ) -> Dict[str, Params]:
+        """Every op's parameters for ``batch_size`` views of (height, width) images.
+
+        Returns:
+            ``{"crop": {"boxes": (B, 4)}, "color_jitter": {...}, ...}``, one entry per op present,
+            each a dict of (B, ...) tensors as documented by the op.
+        """
+        params = {"crop": self.crop.generate_parameters(batch_size, height, width, device)}
+        for name, op in self.ops.items():
+            params[name] = op.generate_parameters(batch_size, device)
+        return params
+
+    def last_params(self) -> Dict[str, Params]:
+        """The parameters drawn (or replayed) by the last call, as :meth:`generate_parameters`."""
+        if self._params is None:
+            raise RuntimeError("last_params() is unavailable: the pipeline has not been called yet")
+        return self._params
+
+    def _chunks(self, params: Dict[str, Params], batch_size: int, device: torch.device) -> List[torch.Tensor]:
+        """Row indices of each chunk: rows sorted by colour-jitter order and blur flag, so that in a
+        chunk all rows share one jitter order and all or none are blurred, split into chunks."""
+        key = torch.zeros(batch_size, dtype=torch.long, device=device)
+        if "color_jitter" in params:  # 0 without jitter, else 1 + the order's code
+            jitter = params["color_jitter"]
+            key += jitter["apply"].long() * (1 + ColorJitter.order_key(jitter["order"]))
+        if "gaussian_blur" in params:
+            key = key * 2 + params["gaussian_blur"]["apply"].long()
+        key, rows = key.sort(stable=True)
+        counts = torch.unique_consecutive(key, return_counts=True)[1].tolist()
+        c = self.view.crop_size
+        step = max(1, self.chunk_bytes // (3 * c * c * 4)) if device.type == "cpu" else batch_size
+        chunks, start = [], 0
+        for count in counts:
+            chunks.extend(rows[start : start + count].split(step))
+            start += count
+        return chunks
+
+    def forward(
+        self, images: torch.Tensor, params: Optional[Dict[str, Params]] = None, num_crops: int = 1
+    ) -> torch.Tensor:
+        """Augments a batch.
 
         Args:
-            x: images in [0, 1], shape (B, 3, H, W).
-            params: ``self.seq._params`` of an earlier call, to replay it exactly.
+            images: (B, 3, H, W), uint8 or float in [0, 1] (rounded to 8 bits, the crop
+                resamples 8-bit images as PIL does).
+            params: :meth:`last_params` of an earlier call, to replay it exactly.
+            num_crops: views per image; view ``j * B + i`` is of image ``i``.
 
         Returns:
-            Normalised views, shape (B, 3, crop_size, crop_size).
+            Normalised views, float32 (num_crops * B, 3, crop_size, crop_size).
         """
-        return self.seq(x, params=params) if params is not None else self.seq(x)
+        images = _to_uint8(images).contiguous(memory_format=torch.channels_last)
+        b, _, h, w = images.shape
+        n = num_crops * b
+        if params is None:
+            params = self.generate_parameters(n, h, w, images.device)
+        self._params = params
+        c = self.view.crop_size
+        out = _empty_views(n, c, images.device)
+        scale, bias = 1.0 / self.std, -self.mean / self.std
+        for rows in self._chunks(params, n, images.device):
+            # the flip commutes with every later op (pixelwise, or symmetric as the blur and its
+            # padding), so it is applied to the 8-bit crops, where it costs least
+            flip = params["horizontal_flip"]["apply"][rows] if "horizontal_flip" in params else None
+            x = self.crop(images, {"boxes": params["crop"]["boxes"][rows]}, (rows % b).tolist(), flip)  # uint8
+            x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)  # (m, 3, c, c)
+            for name, op in self.ops.items():
+                if name != "horizontal_flip":
+                    x = op(x, _take(params[name], rows))
+            out.index_copy_(0, rows, torch.addcmul(bias, x, scale, out=x))  # (x - mean) / std
+        return out
 
-    def last_params(self) -> Dict[str, Dict[str, torch.Tensor]]:
-        """Parameters drawn by the last call, by Kornia op name (e.g. ``RandomHorizontalFlip_5``).
 
-        Returns:
-            A dict from op name to its parameter dict (``batch_prob`` (B,), crop ``src`` (B, 4, 2),
-            ...); ops without parameters are left out.
-        """
-        return {p.name: p.data for p in (self.seq._params or []) if isinstance(p.data, dict)}
+def _empty_views(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """Uninitialised float32 (n, 3, size, size). On the CPU the memory comes from numpy, which
+    advises transparent huge pages for large arrays: a batch of 224 px views is hundreds of MB,
+    and faulting it in 4 KiB pages costs as much as the colour jitter."""
+    if device.type != "cpu":
+        return torch.empty(n, 3, size, size, device=device)
+    return torch.from_numpy(np.empty((n, 3, size, size), dtype=np.float32))
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8, or float in [0, 1] rounded to 8 bits -> uint8."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images.shape={tuple(images.shape)} is invalid: expected (B, 3, H, W)")
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ValueError(f"images.dtype={images.dtype} is invalid: expected uint8 or a float type")
+    return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _to_float01(images: torch.Tensor) -> torch.Tensor:
@@ -444,9 +874,8 @@ class MultiViewAugmentation(nn.Module):
     For pipelines ``P1 .. Pm`` with ``num_crops`` ``n1 .. nm``, :meth:`forward` returns
     ``[P1(x) x n1, P2(x) x n2, ...]``: every crop of pipeline 1, then of pipeline 2, and so on, as
     solo-learn's ``FullTransformPipeline`` of ``NCropAugmentation`` does. The ``num_crops`` views
-    of one pipeline come from one Kornia call on the batch repeated ``num_crops`` times (each row
-    draws its own parameters). Randomness comes from torch's global generator, so
-    ``torch.manual_seed(s)`` before a call fixes the views.
+    of one pipeline come from one call (each view draws its own parameters). Randomness comes from
+    torch's global generator, so ``torch.manual_seed(s)`` before a call fixes the views.
 
     Args:
         views: parsed pipeline entries (see :func:`parse_augmentations`).
@@ -491,12 +920,10 @@ class MultiViewAugmentation(nn.Module):
             ``num_views`` float tensors of shape (B, 3, crop_size_i, crop_size_i), normalised, on
             the device of ``images``.
         """
-        x = _to_float01(images)  # (B, 3, H, W) in [0, 1]
+        images = _to_uint8(images).contiguous(memory_format=torch.channels_last)
         out: List[torch.Tensor] = []
         for view, pipeline in zip(self.views, self.pipelines):
-            n = view.num_crops
-            stacked = x.repeat(n, 1, 1, 1) if n > 1 else x  # (n * B, 3, H, W)
-            out.extend(pipeline(stacked).chunk(n, dim=0))  # n x (B, 3, c, c)
+            out.extend(pipeline(images, num_crops=view.num_crops).chunk(view.num_crops, dim=0))
         return out
 
     @torch.no_grad()
@@ -515,7 +942,6 @@ class MultiViewAugmentation(nn.Module):
         if x.shape[-2:] != (c, c):
             x = F.interpolate(x, size=(c, c), mode="bilinear", align_corners=False, antialias=True)
         return (x - self.raw_mean) / self.raw_std
-
 
 def build_multiview_augmentation(
     augmentations: Any, dataset: Optional[str] = None, resample: str = "bicubic"
