@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import warnings
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 
 from solo_iclmsr import adapters
 from solo_iclmsr.backbones import create_backbone
-from solo_iclmsr.core.losses import uniformity_loss
+from solo_iclmsr.core.losses import mixture_of_log_probs, uniformity_loss
 from solo_iclmsr.core.meta_step import collect_grads, meta_step, resolve_alpha
 from solo_iclmsr.core.options import ICLMSROptions
 from solo_iclmsr.core.regularizer import MetaSemanticRegularizer, weight_features
@@ -83,6 +82,17 @@ class DeviceAugmentationMixin:
         return [indexes, augmentation(images), targets]
 
 
+def _float32(obj: Any) -> Any:
+    """Half-precision tensors (also inside lists and dicts) as float32; the rest unchanged."""
+    if isinstance(obj, Tensor):
+        return obj.float() if obj.dtype in (torch.float16, torch.bfloat16) else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float32(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _float32(v) for k, v in obj.items()}
+    return obj
+
+
 @contextlib.contextmanager
 def _trainable(module: nn.Module) -> Iterator[None]:
     params = list(module.parameters())
@@ -98,8 +108,8 @@ def _trainable(module: nn.Module) -> Iterator[None]:
 class ICLMSRMixin:
     """Adds ICL-MSR to a solo-learn method class; put it first among the bases.
 
-    The registry builds ``<name>_iclmsr`` variants as
-    ``type(..., (ICLMSRMixin, TimmBackboneMixin, Method, ReplayPoint), ...)``. Extra constructor
+    The registry builds ``<name>_iclmsr`` variants as ``type(..., (ICLMSRMixin,
+    DeviceAugmentationMixin, TimmBackboneMixin, Method, ReplayPoint), ...)``. Extra constructor
     argument: ``iclmsr`` (a mapping of ``ICLMSROptions`` fields, or an ``ICLMSROptions``). With
     ``enabled: false`` the variant trains exactly the original method.
     """
@@ -181,9 +191,8 @@ class ICLMSRMixin:
         n = weights.shape[1]
         strata = [[w[:, t] for w in weighted] for t in range(n)]
         if self.msr_form == "mixture":
-            log_p = torch.stack([self._iclmsr_adapter.positive_log_probs(self, s, outputs)
-                                 for s in strata])  # (n, M)
-            return -(torch.logsumexp(log_p, dim=0) - math.log(n)).mean()
+            return mixture_of_log_probs(torch.stack(
+                [self._iclmsr_adapter.positive_log_probs(self, s, outputs) for s in strata]))
         return sum(adapters.method_loss(self, s, outputs) for s in strata) / n
 
     # ---------------------------------------------------------------------------------------
@@ -212,6 +221,11 @@ class ICLMSRMixin:
         alpha = resolve_alpha(self.iclmsr, lr)
         if alpha <= 0:  # e.g. warm-up from lr 0: theta' = theta, L_ct(theta') does not depend on A
             return {}
+        # The meta step runs in float32, outside autocast (forward-mode AD and autocast do not
+        # mix); what the mixed-precision training step captured is cast up.
+        outputs = {**outputs, "shared": _float32(outputs["shared"])}
+        if "constants" in outputs:
+            outputs["constants"] = _float32(outputs["constants"])
         with _trainable(self.msr), self._replaying(outputs):
             with torch.enable_grad():
                 weights = self.msr(raw)

@@ -15,8 +15,8 @@ Typical use inside a training step (interleaved schedule)::
     optimizer.step(); meta_optimizer.step()
 """
 
-from .losses import (HeadLoss, info_nce, info_nce_log_prob, infonce_head_loss, msr_mean_loss,
-                     msr_mixture_loss, uniformity_loss)
+from .losses import (HeadLoss, info_nce, info_nce_log_prob, infonce_head_loss,
+                     mixture_of_log_probs, msr_mean_loss, msr_mixture_loss, uniformity_loss)
 from .meta_step import (MetaStepResult, collect_grads, frozen_batch_norm, meta_step, resolve_alpha,
                         total_loss)
 from .options import ICLMSROptions
@@ -34,6 +34,7 @@ __all__ = [
     "info_nce",
     "info_nce_log_prob",
     "msr_mixture_loss",
+    "mixture_of_log_probs",
     "msr_mean_loss",
     "uniformity_loss",
     "infonce_head_loss",

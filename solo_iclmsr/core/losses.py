@@ -20,6 +20,7 @@ __all__ = [
     "info_nce",
     "info_nce_log_prob",
     "msr_mixture_loss",
+    "mixture_of_log_probs",
     "msr_mean_loss",
     "uniformity_loss",
     "infonce_head_loss",
@@ -83,8 +84,16 @@ def msr_mixture_loss(u1: Tensor, u2: Tensor, temperature: float = 0.2) -> Tensor
     if u1.dim() != 3:
         raise ValueError(f"msr_mixture_loss expects (N, n, d) embeddings, got {tuple(u1.shape)}.")
     log_p = info_nce_log_prob(u1.transpose(0, 1), u2.transpose(0, 1), temperature)  # (n, 2N)
-    n_strata = u1.shape[1]
-    return -(torch.logsumexp(log_p, dim=0) - math.log(n_strata)).mean()
+    return mixture_of_log_probs(log_p)
+
+
+def mixture_of_log_probs(log_p: Tensor) -> Tensor:
+    """- mean_m log( (1/n) sum_t P_t(m) ) from log P_t(m) of shape (n, M), via logsumexp.
+
+    The backdoor adjustment of any method whose prediction is the probability of one positive
+    (MoCo's key, NNCLR's neighbour, ...): m runs over the anchors, t over the strata.
+    """
+    return -(torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])).mean()
 
 
 def msr_mean_loss(loss_fn: Callable[..., Tensor], *weighted: Tensor) -> Tensor:
