@@ -60,13 +60,23 @@ class NonFiniteLossGuard(Callback):
 
 
 def builtin_spec(kwargs: Dict[str, Any], key: str = "data.kwargs") -> BuiltinSpec:
-    """The built-in dataset's generator settings from ``data.kwargs``."""
+    """The built-in dataset's generator settings from ``data.kwargs`` (``variant`` excluded)."""
     names = [f.name for f in fields(BuiltinSpec)]
-    unknown = [k for k in kwargs if k not in names]
+    unknown = [k for k in kwargs if k not in names and k != "variant"]
     if unknown:
         raise ValueError(f"{key}.{unknown[0]} is not a setting of the builtin dataset: expected "
-                         f"one of {', '.join(names)}.")
-    return BuiltinSpec(**kwargs)
+                         f"one of {', '.join(names + ['variant'])}.")
+    return BuiltinSpec(**{k: v for k, v in kwargs.items() if k != "variant"})
+
+
+def builtin_train_variant(kwargs: Dict[str, Any], key: str = "data.kwargs") -> str:
+    """``data.kwargs.variant`` of the built-in dataset: the images the model trains on (the
+    pre-training set, and the training set of k-NN / linear evaluation): ``full`` (default) or
+    ``fg`` (foreground on neutral gray)."""
+    variant = kwargs.get("variant", "full")
+    if variant not in ("full", "fg"):
+        raise ValueError(f"{key}.variant={variant!r} is invalid: expected full or fg.")
+    return variant
 
 
 def _fraction(value: float) -> float:
@@ -77,7 +87,8 @@ def pretrain_dataset(cfg: "cfgmod.PretrainConfig"):
     data = cfg.data
     return build_dataset(data.dataset, data.train_path, split="pretrain", image_size=data.image_size,
                          fraction=_fraction(data.fraction), seed=cfg.seed, download=data.download,
-                         builtin=builtin_spec(data.kwargs) if data.dataset == "builtin" else None)
+                         builtin=builtin_spec(data.kwargs) if data.dataset == "builtin" else None,
+                         variant=builtin_train_variant(data.kwargs) if data.dataset == "builtin" else "full")
 
 
 def build_model(cfg: "cfgmod.PretrainConfig", world_size: Optional[int] = None) -> pl.LightningModule:
@@ -124,9 +135,10 @@ def pretrain(cfg: "cfgmod.PretrainConfig", output_dir: Union[str, Path] = "runs"
                                   every_n_epochs=cfg.checkpoint.frequency,
                                   save_on_train_epoch_end=True, enable_version_counter=False)
     trainer_args = cfgmod.trainer_kwargs(cfg)
-    trainer = pl.Trainer(**trainer_args, default_root_dir=str(run),
-                         logger=[CSVLogger(run, name="", version=""),
-                                 TensorBoardLogger(run, name="tensorboard", version="")],
+    loggers = [CSVLogger(run, name="", version=""), TensorBoardLogger(run, name="tensorboard", version="")]
+    if cfg.wandb.enabled:
+        loggers.append(_wandb_logger(cfg, run))
+    trainer = pl.Trainer(**trainer_args, default_root_dir=str(run), logger=loggers,
                          callbacks=[checkpoints, NonFiniteLossGuard()],
                          enable_progress_bar=progress_bar, limit_val_batches=0,
                          enable_model_summary=False, log_every_n_steps=min(10, len(loader)))
@@ -136,6 +148,18 @@ def pretrain(cfg: "cfgmod.PretrainConfig", output_dir: Union[str, Path] = "runs"
     (run / "done.json").write_text(json.dumps({"global_step": trainer.global_step,
                                                "epochs": trainer.current_epoch}) + "\n")
     return run
+
+
+def _wandb_logger(cfg: "cfgmod.PretrainConfig", run: Path) -> Any:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ValueError("wandb.enabled=true but wandb is not installed: pip install wandb, or set "
+                         "wandb.enabled=false.") from None
+    from pytorch_lightning.loggers import WandbLogger
+
+    return WandbLogger(name=cfg.run_name, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                       offline=cfg.wandb.offline, save_dir=str(run))
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +190,7 @@ def evaluation_sets(data: "cfgmod.EvalDataConfig", seed: int = 0) -> Tuple[Any, 
     if data.dataset == "builtin":
         spec = builtin_spec(data.kwargs)
         train = build_dataset("builtin", data.train_path, "train", builtin=spec,
+                              variant=builtin_train_variant(data.kwargs),
                               fraction=_fraction(data.fraction), **common)
         tests = {variant: build_dataset("builtin", data.val_path, "test", variant=variant,
                                         builtin=spec, **common)
