@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from solo_iclmsr.normalization import DATASET_MEAN_STD, IMAGENET_MEAN_STD, dataset_mean_std
+
 __all__ = [
     "DATASET_MEAN_STD",
     "IMAGENET_MEAN_STD",
@@ -85,22 +87,6 @@ __all__ = [
     "build_torchvision_pipeline",
 ]
 
-IMAGENET_MEAN_STD: Tuple[Tuple[float, float, float], Tuple[float, float, float]] = (
-    (0.485, 0.456, 0.406),
-    (0.229, 0.224, 0.225),
-)
-
-# Normalisation statistics by dataset, as in solo-learn's ``build_transform_pipeline`` (main);
-# tinyimagenet and builtin are this project's additions.
-DATASET_MEAN_STD: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "stl10": ((0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261)),
-    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-    "imagenet100": IMAGENET_MEAN_STD,
-    "imagenet": IMAGENET_MEAN_STD,
-    "builtin": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
 
 # solo-learn's sigma range for Gaussian blur, in pixels of the crop.
 BLUR_SIGMA: Tuple[float, float] = (0.1, 2.0)
@@ -326,8 +312,7 @@ def resolve_mean_std(
     Returns:
         ``(mean, std)``, each a tuple of 3 floats.
     """
-    mean, std = DATASET_MEAN_STD.get(dataset or "", IMAGENET_MEAN_STD)
-    return (view.mean or mean), (view.std or std)
+    return dataset_mean_std(dataset, view.mean, view.std)
 
 
 def blur_kernel_size(crop_size: int) -> int:
@@ -591,8 +576,11 @@ def shift_hue_(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class RandomGrayscale(nn.Module):
-    """Luma in all three channels. Parameters: ``apply`` (B,) bool."""
+class _RowOp(nn.Module):
+    """A random op applied with probability ``p`` to each sample, on the selected rows only.
+
+    Parameters: ``apply`` (B,) bool. Subclasses give ``transform(rows) -> rows`` for (m, 3, H, W).
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -601,8 +589,18 @@ class RandomGrayscale(nn.Module):
     def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
         return {"apply": _draw_apply(batch_size, self.p, device)}
 
+    def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        return _on_rows(x, params["apply"], lambda rows, idx: _gray(rows).expand_as(rows).contiguous())
+        return _on_rows(x, params["apply"], lambda rows, idx: self.transform(rows))
+
+
+class RandomGrayscale(_RowOp):
+    """Luma in all three channels."""
+
+    def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        return _gray(rows).expand_as(rows).contiguous()
 
 
 class RandomGaussianBlur(nn.Module):
@@ -650,48 +648,26 @@ class RandomGaussianBlur(nn.Module):
         return _on_rows(x, params["apply"], lambda rows, idx: self._blur_rows(rows, params["sigma"][idx]))
 
 
-class RandomSolarize(nn.Module):
-    """Values >= 0.5 become 1 - x, i.e. ``min(x, 1 - x)`` (PIL's threshold 128 on 8-bit values).
-    Parameters: ``apply`` (B,) bool."""
+class RandomSolarize(_RowOp):
+    """Values >= 0.5 become 1 - x, i.e. ``min(x, 1 - x)`` (PIL's threshold 128 on 8-bit values)."""
 
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
-        return {"apply": _draw_apply(batch_size, self.p, device)}
-
-    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        return _on_rows(x, params["apply"], lambda rows, idx: torch.minimum(rows, 1.0 - rows))
+    def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(rows, 1.0 - rows)
 
 
-class RandomEqualize(nn.Module):
-    """Histogram equalization per channel (Kornia's ``equalize``). Parameters: ``apply`` (B,) bool."""
+class RandomEqualize(_RowOp):
+    """Histogram equalization per channel (Kornia's ``equalize``)."""
 
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
-        return {"apply": _draw_apply(batch_size, self.p, device)}
-
-    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        return _on_rows(x, params["apply"], lambda rows, idx: kornia.enhance.equalize(rows))
+    def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        return kornia.enhance.equalize(rows)
 
 
-class RandomHorizontalFlip(nn.Module):
-    """Mirrors left-right. Parameters: ``apply`` (B,) bool. (:class:`ViewPipeline` passes
-    ``apply`` to :class:`ResizedCrop` instead, which mirrors the 8-bit views as it makes them.)"""
+class RandomHorizontalFlip(_RowOp):
+    """Mirrors left-right. (:class:`ViewPipeline` passes ``apply`` to :class:`ResizedCrop`
+    instead, which mirrors the 8-bit views as it makes them.)"""
 
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def generate_parameters(self, batch_size: int, device: torch.device) -> Params:
-        return {"apply": _draw_apply(batch_size, self.p, device)}
-
-    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        return _on_rows(x, params["apply"], lambda rows, idx: rows.flip(-1))
+    def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.flip(-1)
 
 
 # --------------------------------------------------------------------------------------------------

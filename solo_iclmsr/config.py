@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from solo_iclmsr.core.options import ICLMSROptions
+from solo_iclmsr.normalization import dataset_mean_std
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary
@@ -56,16 +57,6 @@ NUM_CLASSES = {"builtin": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "tiny
 CROP_SIZES = {"builtin": 32, "cifar10": 32, "cifar100": 32, "stl10": 96, "tinyimagenet": 64,
               "imagenet100": 224, "imagenet": 224, "custom": 224}
 CIFAR_DATASETS = ("cifar10", "cifar100")
-_IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# Normalisation per dataset: solo-learn's values; Tiny-ImageNet's are the commonly used ones.
-MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "stl10": ((0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261)),
-    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-    "imagenet100": _IMAGENET_MEAN_STD,
-    "imagenet": _IMAGENET_MEAN_STD,
-}
 DATA_FORMATS = ("image_folder", "dali", "h5")
 DALI_DATASETS = ("imagenet100", "imagenet", "custom")
 PRETRAIN_OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
@@ -858,14 +849,6 @@ def resolve_num_classes(dataset: str, num_classes: Optional[int], train_path: Op
         raise ValueError(f"data.num_classes is required: data.train_path={train_path!r} is not a "
                          "folder whose sub-folders could be counted.")
     return max(1, sum(entry.is_dir() for entry in os.scandir(train_path)))
-
-
-def dataset_mean_std(dataset: str, mean: Optional[Sequence[float]] = None,
-                     std: Optional[Sequence[float]] = None
-                     ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """Normalisation of a dataset: the given values, else :data:`MEAN_STD`, else ImageNet's."""
-    base_mean, base_std = MEAN_STD.get(dataset, _IMAGENET_MEAN_STD)
-    return tuple(mean or base_mean), tuple(std or base_std)
 
 
 def backbone_spec(backbone: BackboneConfig, dataset: str, crop_size: Optional[int] = None
