@@ -57,7 +57,6 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -659,6 +658,8 @@ class RandomEqualize(_RowOp):
     """Histogram equalization per channel (Kornia's ``equalize``)."""
 
     def transform(self, rows: torch.Tensor) -> torch.Tensor:
+        import kornia  # only this op needs it
+
         return kornia.enhance.equalize(rows)
 
 
@@ -799,7 +800,9 @@ class ViewPipeline(nn.Module):
         self._params = params
         c = self.view.crop_size
         out = _empty_views(n, c, images.device)
-        scale, bias = 1.0 / self.std, -self.mean / self.std
+        # the module's constants follow the images, wherever the module itself lives
+        std, mean = self.std.to(images.device), self.mean.to(images.device)
+        scale, bias = 1.0 / std, -mean / std
         for rows in self._chunks(params, n, images.device):
             # the flip commutes with every later op (pixelwise, or symmetric as the blur and its
             # padding), so it is applied to the 8-bit crops, where it costs least
@@ -917,7 +920,7 @@ class MultiViewAugmentation(nn.Module):
         c = self.views[0].crop_size
         if x.shape[-2:] != (c, c):
             x = F.interpolate(x, size=(c, c), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.raw_mean) / self.raw_std
+        return (x - self.raw_mean.to(x.device)) / self.raw_std.to(x.device)
 
 def build_multiview_augmentation(
     augmentations: Any, dataset: Optional[str] = None, resample: str = "bicubic"
