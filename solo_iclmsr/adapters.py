@@ -20,7 +20,6 @@ are solo ``BaseMethod`` subclasses with their own ``training_step``.
 from __future__ import annotations
 
 import contextlib
-import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -34,8 +33,6 @@ from solo_iclmsr._solo_check import require_solo
 require_solo()
 
 from solo.methods.base import BaseMethod, BaseMomentumMethod  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 #: positive_log_probs(module, weighted_feats, outputs) -> log P of every positive, shape (M,)
 PositiveLogProbs = Callable[[nn.Module, Sequence[Tensor], Mapping[str, Any]], Tensor]

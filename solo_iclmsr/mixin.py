@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -80,6 +80,11 @@ class DeviceAugmentationMixin:
         indexes, images, targets = batch
         self._iclmsr_raw = augmentation.raw_view(images)
         return [indexes, augmentation(images), targets]
+
+
+def _views(batch: Sequence[Any]) -> list:
+    """The crops of a solo batch ``[indexes, views, targets]`` as a list."""
+    return list(batch[1]) if isinstance(batch[1], (list, tuple)) else [batch[1]]
 
 
 def _float32(obj: Any) -> Any:
@@ -161,20 +166,15 @@ class ICLMSRMixin:
     def _iclmsr_outputs_of(self, batch: Sequence[Any], batch_idx: int) -> Dict[str, Any]:
         shared = self.__dict__.pop("_iclmsr_outputs")
         state = self.__dict__.pop("_iclmsr_state")
-        views = batch[1] if isinstance(batch[1], (list, tuple)) else [batch[1]]
         outputs = {"shared": {k: v for k, v in shared.items() if k != "loss"}, "batch": batch,
-                   "batch_idx": batch_idx, "views": list(views), "state": state,
+                   "batch_idx": batch_idx, "views": _views(batch), "state": state,
                    "tau_msr": self._iclmsr_adapter.tau_msr(self, self.iclmsr.tau_msr)}
         return outputs
 
     def _iclmsr_raw_images(self, batch: Sequence[Any]) -> Tensor:
         """What f_msr sees: the raw batch (resized, normalised) when the device augmentation
         provided it; else the first large crop (solo's own data loaders give no raw image)."""
-        raw = self._iclmsr_raw
-        if raw is None:
-            views = batch[1] if isinstance(batch[1], (list, tuple)) else [batch[1]]
-            raw = views[0]
-        return raw
+        return self._iclmsr_raw if self._iclmsr_raw is not None else _views(batch)[0]
 
     @contextlib.contextmanager
     def _replaying(self, outputs: Dict[str, Any]) -> Iterator[None]:
