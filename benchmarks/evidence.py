@@ -158,7 +158,7 @@ class RunSpec:
         return f"{self.method}-{arm}-rho{self.rho:g}-s{self.seed}-{self.variant}{tail}"
 
 
-def spec_of(scale: Scale, rho: float, seed: int = 0) -> BuiltinSpec:
+def spec_of(scale: Scale, rho: float) -> BuiltinSpec:
     # The dataset seed is fixed: seeds vary the training, not the data.
     return BuiltinSpec(image_size=scale.image_size, num_classes=10, rho=float(rho), seed=0,
                        n_train=scale.n_train, n_test=scale.n_test)
@@ -846,10 +846,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trained: List[str] = []
     results: Dict[str, Dict] = {}
     if args.report_only:
-        for run in ordered:
-            path = out / run.name / "result.json"
-            if path.exists():
-                results[run.name] = json.loads(path.read_text())
+        pass  # the finished runs are read below
     elif args.jobs <= 1:
         for run in ordered:
             results[run.name] = train_and_evaluate(scale, run, out, args.fresh, trained)
