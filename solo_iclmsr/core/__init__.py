@@ -1,4 +1,5 @@
-"""ICL-MSR core in pure torch: the regularizer f_msr, the losses and the meta step.
+"""ICL-MSR core in pure torch: the regularizer f_msr, the losses, the meta step and the
+diagnostics of the strata.
 
 Imports torch only (no Lightning, no solo-learn); ``design/ICLMSR.md`` describes the algorithm.
 
@@ -15,13 +16,16 @@ Typical use inside a training step (interleaved schedule)::
     optimizer.step(); meta_optimizer.step()
 """
 
-from .losses import (HeadLoss, info_nce, info_nce_log_prob, infonce_head_loss,
-                     mixture_of_log_probs, msr_mean_loss, msr_mixture_loss, uniformity_loss)
-from .meta_step import (MetaStepResult, collect_grads, frozen_batch_norm, meta_step, resolve_alpha,
-                        total_loss)
+from .diagnostics import (StrataDiagnostics, effective_channels, foreground_channels,
+                          foreground_share, strata_diagnostics, variance_explained)
+from .losses import (HeadLoss, StratumLoss, info_nce, info_nce_log_prob, infonce_head_loss,
+                     mixture_of_log_probs, msr_loss, strata, uniformity_loss)
+from .meta_step import (MetaStepResult, PlainGrads, collect_grads, frozen_batch_norm, meta_step,
+                        resolve_alpha, total_loss)
 from .options import ICLMSROptions
 from .regularizer import (MetaSemanticRegularizer, channel_weights, pooled_weighted_features,
                           weight_features, weighted_views)
+from .virtual_step import VirtualStep, optimizer_step, sgd_step
 
 __all__ = [
     "ICLMSROptions",
@@ -31,17 +35,28 @@ __all__ = [
     "weighted_views",
     "pooled_weighted_features",
     "HeadLoss",
+    "StratumLoss",
+    "strata",
+    "msr_loss",
     "info_nce",
     "info_nce_log_prob",
-    "msr_mixture_loss",
     "mixture_of_log_probs",
-    "msr_mean_loss",
     "uniformity_loss",
     "infonce_head_loss",
     "MetaStepResult",
+    "PlainGrads",
     "meta_step",
     "total_loss",
     "collect_grads",
     "resolve_alpha",
     "frozen_batch_norm",
+    "VirtualStep",
+    "sgd_step",
+    "optimizer_step",
+    "StrataDiagnostics",
+    "strata_diagnostics",
+    "effective_channels",
+    "variance_explained",
+    "foreground_channels",
+    "foreground_share",
 ]

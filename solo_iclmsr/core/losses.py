@@ -8,7 +8,7 @@ callable handed to ``meta_step``), see ``solo_iclmsr.core.meta_step``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from .regularizer import pooled_weighted_features
 
 __all__ = [
+    "StratumLoss",
+    "strata",
+    "msr_loss",
     "info_nce",
     "info_nce_log_prob",
-    "msr_mixture_loss",
     "mixture_of_log_probs",
-    "msr_mean_loss",
     "uniformity_loss",
     "infonce_head_loss",
     "HeadLoss",
@@ -66,27 +67,6 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
     return -info_nce_log_prob(z1, z2, temperature).mean()
 
 
-def msr_mixture_loss(u1: Tensor, u2: Tensor, temperature: float = 0.2) -> Tensor:
-    """L_msr, ``mixture`` reading: the backdoor likelihood of the positive (ICLMSR.md section 3).
-
-        L_msr = - mean_{i,j} log( (1/n) sum_t P_t(i, j) ),
-
-    P_t(i, j) being the InfoNCE probability computed on the a_t-weighted embeddings u_{., t} with
-    negatives from the same stratum t (every view weighted with its own image's a_t). Computed as
-    logsumexp_t log P_t - log n for stability. The paper's Eq. 6 is lost (its image is missing);
-    this literal backdoor likelihood P(Y | do(X)) = (1/n) sum_t P_t is a decision, the default for
-    InfoNCE-type methods.
-
-    Args:
-        u1, u2: the two views' embeddings of the weighted features, (N, n, d).
-        temperature: tau_msr.
-    """
-    if u1.dim() != 3:
-        raise ValueError(f"msr_mixture_loss expects (N, n, d) embeddings, got {tuple(u1.shape)}.")
-    log_p = info_nce_log_prob(u1.transpose(0, 1), u2.transpose(0, 1), temperature)  # (n, 2N)
-    return mixture_of_log_probs(log_p)
-
-
 def mixture_of_log_probs(log_p: Tensor) -> Tensor:
     """- mean_m log( (1/n) sum_t P_t(m) ) from log P_t(m) of shape (n, M), via logsumexp.
 
@@ -96,87 +76,120 @@ def mixture_of_log_probs(log_p: Tensor) -> Tensor:
     return -(torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])).mean()
 
 
-def msr_mean_loss(loss_fn: Callable[..., Tensor], *weighted: Tensor) -> Tensor:
-    """L_msr, ``mean`` reading: (1/n) sum_t L(features weighted by a_t) (ICLMSR.md section 3).
-
-    The other reading of the lost Eq. 6 [decision]: the default for non-contrastive methods, where
-    only the online branch is weighted and target branches stay as the method computes them.
-
-    Args:
-        loss_fn: the base method's loss, called once per stratum t with ``weighted[k][:, t]``.
-        weighted: tensors of shape (N, n, ...), stratum t of image i in ``[i, t]``.
-    """
-    if not weighted:
-        raise ValueError("msr_mean_loss needs at least one (N, n, ...) tensor.")
-    n_strata = weighted[0].shape[1]
-    total = sum(loss_fn(*(w[:, t] for w in weighted)) for t in range(n_strata))
-    return total / n_strata
-
-
-def uniformity_loss(weights: Tensor, t: float = 2.0) -> Tensor:
+def uniformity_loss(weights: Tensor, t: float = 2.0, over: str = "image") -> Tensor:
     """L_uni on A_s with the Gaussian potential G_t(a, b) = exp(2t a.b - 2t) (ICLMSR.md section 3).
+
+    ``over="image"`` [paper kernel, decision on aggregation]:
 
         L_uni = mean_i log( mean_{s != r} G_t(a_{i,s}, a_{i,r}) ),
 
-    which equals mean_i log mean_{s != r} exp(-t ||a_{i,s} - a_{i,r}||^2) for unit vectors. It is
-    0 when an image's n vectors coincide and negative when they spread. Paper gives the kernel; the
-    aggregation (per image, over ordered pairs s != r) is a decision.
+    which equals mean_i log mean_{s != r} exp(-t ||a_{i,s} - a_{i,r}||^2) for unit vectors: 0 when
+    an image's n vectors coincide, negative when they spread. A fixed set of n distinct masks,
+    the same for every image, minimises it exactly (ICLMSR.md section 7).
+
+    ``over="batch"`` [decision]: one term over all B * n vectors of the batch,
+    log mean_{(i,s) != (j,r)} G_t(a_{i,s}, a_{j,r}); the same stratum of two images counts as a
+    pair too, so image-independent masks are no longer a minimiser.
 
     Args:
         weights: A_s (B, n, c), unit-norm rows.
         t: temperature of the potential.
+        over: ``image`` or ``batch``.
 
     Returns:
-        a scalar; 0 (with a graph) when n = 1.
+        a scalar; 0 (with a graph) when there is no pair.
     """
-    n_strata = weights.shape[1]
-    if n_strata < 2:
+    if over not in ("image", "batch"):
+        raise ValueError(f"uniformity_loss: over={over!r} is invalid: expected image or batch.")
+    if over == "batch":
+        weights = weights.reshape(1, -1, weights.shape[-1])  # (1, B * n, c)
+    n_vectors = weights.shape[1]
+    if n_vectors < 2:
         return weights.sum() * 0.0
-    gram = weights @ weights.transpose(1, 2)  # (B, n, n)
+    gram = weights @ weights.transpose(1, 2)  # (G, m, m)
     log_g = 2.0 * t * gram - 2.0 * t
-    off_diag = ~torch.eye(n_strata, dtype=torch.bool, device=weights.device)
-    log_g = log_g[:, off_diag]  # (B, n (n - 1))
-    return (torch.logsumexp(log_g, dim=1) - math.log(n_strata * (n_strata - 1))).mean()
+    off_diag = ~torch.eye(n_vectors, dtype=torch.bool, device=weights.device)
+    log_g = log_g[:, off_diag]  # (G, m (m - 1))
+    return (torch.logsumexp(log_g, dim=1) - math.log(n_vectors * (n_vectors - 1))).mean()
 
 
-def infonce_head_loss(projector: nn.Module, temperature: float = 0.2, msr_loss: str = "mixture",
+#: stratum_loss(views of one stratum) -> the method's loss (``mean``) or log P of every positive
+#: (``mixture``), for one list of a_t-weighted pooled per-view features.
+StratumLoss = Callable[[List[Tensor]], Tensor]
+
+
+def strata(features: Sequence[Tensor], weights: Tensor) -> List[List[Tensor]]:
+    """The views of every stratum: ``strata(...)[t][k] = pool(a_t ⊙ Z_k)`` (B, c) for view k.
+
+    Args:
+        features: Z of each view: maps (B, c, h, w), tokens (B, L, c) or pooled (B, c); pooled
+            by average (the shortcut of ``pooled_weighted_features``).
+        weights: A_s (B, n, c); every view of image i is weighted with a_{i,t} [paper].
+    """
+    weighted = [pooled_weighted_features(z, weights) for z in features]  # each (B, n, c)
+    return [[w[:, t] for w in weighted] for t in range(weights.shape[1])]
+
+
+def msr_loss(stratum_loss: StratumLoss, features: Sequence[Tensor], weights: Tensor,
+             form: str) -> Tensor:
+    """L_msr: the one definition every caller uses (core, plugin, benchmarks).
+
+    The method's head sees one stratum at a time, as it sees the plain features in L_ct: a head
+    with BatchNorm normalises the B vectors of one stratum, never the B * n of all strata.
+
+    * ``form="mean"``: L_msr = (1/n) sum_t L(strata[t]), ``stratum_loss`` giving the loss L;
+    * ``form="mixture"``: L_msr = - mean_m log((1/n) sum_t P_t(m)), ``stratum_loss`` giving
+      log P_t of every positive m (ICLMSR.md section 3).
+
+    Args:
+        stratum_loss: see ``StratumLoss``.
+        features: Z of each view (see ``strata``).
+        weights: A_s (B, n, c).
+        form: ``mean`` or ``mixture``.
+    """
+    if form not in ("mean", "mixture"):
+        raise ValueError(f"msr_loss: form={form!r} is invalid: expected mean or mixture.")
+    per_stratum = [stratum_loss(views) for views in strata(features, weights)]
+    if form == "mixture":
+        return mixture_of_log_probs(torch.stack(per_stratum))
+    return torch.stack(per_stratum).mean()
+
+
+def infonce_head_loss(projector: nn.Module, temperature: float = 0.2, msr_loss_form: str = "mixture",
                       msr_temperature: Optional[float] = None) -> HeadLoss:
     """The head side of SimCLR as a ``head_loss`` for ``meta_step`` (and for tests and benchmarks).
 
-    Features of each view are average-pooled if they are maps (B, c, h, w) or tokens (B, L, c);
-    the weighted features use the pooled shortcut, valid for this average pooling.
+    Features of each view are average-pooled if they are maps (B, c, h, w) or tokens (B, L, c).
+    L_msr is ``msr_loss`` with one projector call per stratum, as the plugin computes it.
 
     Args:
         projector: f_ph; its parameters are theta_h (pass it, or a module holding it, as ``head``).
         temperature: tau of L_ct.
-        msr_loss: ``mixture`` or ``mean``.
+        msr_loss_form: ``mixture`` or ``mean``.
         msr_temperature: tau_msr; ``None`` uses ``temperature``.
 
     Returns:
         head_loss(features, weights) -> (L_ct, L_msr), L_msr = 0 when weights is None.
     """
-    if msr_loss not in ("mixture", "mean"):
-        raise ValueError(f"infonce_head_loss: msr_loss={msr_loss!r} is invalid: expected one of "
-                         f"mixture, mean.")
+    if msr_loss_form not in ("mixture", "mean"):
+        raise ValueError(f"infonce_head_loss: msr_loss_form={msr_loss_form!r} is invalid: "
+                         f"expected one of mixture, mean.")
     tau_msr = temperature if msr_temperature is None else msr_temperature
+
+    def stratum_loss(views: List[Tensor]) -> Tensor:
+        u1, u2 = projector(views[0]), projector(views[1])
+        if msr_loss_form == "mixture":
+            return info_nce_log_prob(u1, u2, tau_msr)
+        return info_nce(u1, u2, tau_msr)
 
     def head_loss(features: Sequence[Tensor], weights: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         if len(features) != 2:
             raise ValueError(f"infonce_head_loss expects 2 views, got {len(features)}.")
         pooled = [_average_pool(z) for z in features]
-        p1, p2 = (projector(z) for z in pooled)
-        l_ct = info_nce(p1, p2, temperature)
+        l_ct = info_nce(projector(pooled[0]), projector(pooled[1]), temperature)
         if weights is None:
             return l_ct, l_ct.new_zeros(())
-        u = []
-        for z in pooled:
-            w = pooled_weighted_features(z, weights)  # (B, n, c)
-            u.append(projector(w.flatten(0, 1)).view(w.shape[0], w.shape[1], -1))
-        if msr_loss == "mixture":
-            l_msr = msr_mixture_loss(u[0], u[1], tau_msr)
-        else:
-            l_msr = msr_mean_loss(lambda a, b: info_nce(a, b, tau_msr), u[0], u[1])
-        return l_ct, l_msr
+        return l_ct, msr_loss(stratum_loss, pooled, weights, msr_loss_form)
 
     return head_loss
 

@@ -2,51 +2,66 @@
 
 Notation. theta = (theta_f, theta_h): the parameters of the encoder f and of the head side f_ph
 (projector, predictor, ...). A = A_s(phi) = f_msr(X; phi). L_to(theta, A) = L_ct(theta) +
-lambda * L_msr(theta, A). The paper's meta step [paper]:
+lambda * L_msr(theta, A), g(A) = grad_theta L_to(theta, A). The paper's meta step [paper]:
 
-    theta' = theta - alpha * grad_theta L_to(theta; A)                                    (1)
+    theta' = U(theta, g(A)),   U(theta, g) = theta - alpha * g                              (1)
     phi    <- argmin_phi  M(phi) = L_ct(theta') + gamma * L_uni(A)                         (2)
 
-A reaches L_ct(theta') only through grad_theta L_to, so the meta-gradient is second order. With
-v = grad_{theta'} L_ct(theta') (a constant: the chain rule evaluated at theta'),
+A reaches L_ct(theta') only through g, so the meta-gradient is second order. With
+v = grad_{theta'} L_ct(theta') (a constant: the chain rule evaluated at theta') and
+w = (dU/dg)^T v (= -alpha v for the paper's SGD step),
 
-    dM/dA = -alpha * lambda * d/dA [ v . grad_theta L_msr(theta, A) ] + gamma * dL_uni/dA,     (3)
+    dM/dA = lambda * d/dA [ w . grad_theta L_msr(theta, A) ] + gamma * dL_uni/dA,           (3)
 
-and dM/dphi follows by one backward through f_msr. Detaching grad_theta L_to in (1), a tempting
-first-order shortcut, leaves L_ct(theta') independent of A: f_msr would get no signal from L_ct at
-all, so that shortcut is not offered.
+and dM/dphi follows by one backward through f_msr. Detaching g in (1), a tempting first-order
+shortcut, leaves L_ct(theta') independent of A: f_msr would get no signal from L_ct at all, so
+that shortcut is not offered.
 
-Structure used by the default ``exact_impl: jvp``. A enters only after f: L_msr(theta, A) =
-H(theta_h, Z(theta_f), A) with Z = f(views; theta_f). So
+``iclmsr.virtual_step``: U is the paper's SGD step (``sgd``) or the update the real optimizer
+would take (``optimizer``: momentum, weight decay, LARS trust ratio; ``virtual_step.py``); w is
+its vector-Jacobian product, elementwise and cheap.
 
-    v . grad_theta L_msr = d/de H(theta_h + e v_h, Z + e J_f v_f, A) at e = 0,
+``iclmsr.meta_grad`` (how (3) is evaluated):
 
-where J_f v_f, the Jacobian-vector product of the encoder, does not depend on A. It is computed
-exactly with one forward-mode pass (``torch.func.jvp`` over ``functional_call``); only the head,
-the cheap part, is differentiated twice. ``exact_impl: double_backward`` is the literal (1)-(2)
-with ``create_graph=True`` through the whole model, kept as the reference.
+* ``second_order`` (exact). ``exact_impl: jvp`` (default) uses that A enters only after f:
+  L_msr(theta, A) = H(theta_h, Z(theta_f), A), so
 
-``meta_grad: finite_difference`` (DARTS-style) replaces the derivative in (3) by central
-differences of grad_A L_to at theta +- eps v, eps = fd_epsilon / ||v||. grad_A needs no backward
-through f (A enters after it), so each side costs one encoder forward without autograd.
+      w . grad_theta L_msr = d/de H(theta_h + e w_h, Z + e J_f w_f, A) at e = 0,
 
-Invariants of the virtual step: parameters are never written (theta' and theta +- eps v are new
-tensors), the main optimizer is never read or written, autograd is asked for gradients with
-``torch.autograd.grad`` so the ``.grad`` of f and f_ph stay as they were, and BatchNorm layers in
-training mode use batch statistics without updating running statistics (``frozen_batch_norm``);
-every functional forward also runs on copies of the buffers. Only f_msr's ``.grad`` changes (it
-accumulates).
+  where J_f w_f, the Jacobian-vector product of the encoder, does not depend on A: one
+  forward-mode pass (``torch.func.jvp`` over ``functional_call``); only the head, the cheap part,
+  is differentiated twice. ``exact_impl: double_backward`` is the literal (1)-(2) with
+  ``create_graph=True`` through the whole model, kept as the reference. Cost: the virtual
+  forward and backward for v, and the forward-mode pass: two model passes beyond stage 1.
+* ``finite_difference`` (DARTS-style): the derivative in (3) by central differences of
+  grad_A L_msr at theta +- eps w; grad_A needs no backward through f (A enters after it), so each
+  side costs one encoder forward without autograd. eps is chosen so that the perturbation
+  ||eps w|| is ``fd_epsilon`` times ||theta||: a relative step (see the ``fd_epsilon`` note below).
+* ``linearized`` (first order in the step): L_ct(theta') ~ L_ct(theta) + v0 . (theta' - theta)
+  with v0 = grad L_ct(theta), so v is read at theta instead of theta': no virtual forward and
+  backward. v0 is the gradient of the plain loss on the stage-1 graph (``plain_grads``, else one
+  forward and backward here); the directional derivative is taken by finite differences as
+  above. Its error to the exact meta-gradient vanishes as the step goes to 0.
+
+``fd_epsilon`` [decision]: the finite differences cross ReLU kinks (an error growing with eps) and
+lose float32 digits (an error growing as 1/eps). DARTS's eps = 0.01 / ||v|| is an absolute step;
+here the step is relative to ||theta||, the scale of the parameters, so one value suits small and
+large models. BENCHMARKS.md gives the measured agreement with the exact meta-gradient.
+
+Invariants of the virtual step: parameters are never written (theta' and theta +- eps w are new
+tensors), the main optimizer is only read (``optimizer`` virtual step), autograd is asked for
+gradients with ``torch.autograd.grad`` so the ``.grad`` of f and f_ph stay as they were, and
+BatchNorm layers in training mode use batch statistics without updating running statistics
+(``frozen_batch_norm``); every functional forward also runs on copies of the buffers. Only f_msr's
+``.grad`` changes (it accumulates).
 
 Departures and decisions:
 
-* Paper says the virtual step is theta - alpha grad L_to; the real optimizer may use momentum,
-  weight decay or LARS. We take the plain gradient step of (1) and leave the optimizer alone,
-  because (1) is what the paper writes and it keeps the optimizer's state untouched.
 * The paper leaves open whether grad_theta L_to is recomputed. We reuse the stage-1 gradient
   when the caller passes it (same batch, same A, same parameters: call ``meta_step`` before the
   optimizer steps); the result is identical and saves one forward and backward of the model.
 * ``meta_params: head`` [decision, cheaper, less faithful]: theta = theta_h only; f is then a
-  constant (v_f = 0) and runs once without autograd.
+  constant (w_f = 0) and runs once without autograd.
 * Parameters of f or of the head that do not require grad are constants of the virtual step;
   modules the head-side callable uses outside ``head`` (momentum branches) are constants too.
 
@@ -59,7 +74,6 @@ gradients left in ``.grad`` are averaged across ranks by the caller like any oth
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -69,9 +83,11 @@ from torch.func import functional_call, jvp
 
 from .losses import HeadLoss, uniformity_loss
 from .options import ICLMSROptions
+from .virtual_step import VirtualStep, sgd_step
 
 __all__ = [
     "MetaStepResult",
+    "PlainGrads",
     "meta_step",
     "total_loss",
     "collect_grads",
@@ -88,15 +104,34 @@ class MetaStepResult:
 
     Attributes:
         meta_loss: M = L_ct(theta') + gamma * L_uni(A).
-        ct_virtual: L_ct(theta'), the plain loss after the virtual step.
+        ct_virtual: L_ct(theta'), the plain loss after the virtual step (``linearized``: its
+            first-order estimate L_ct(theta) + v0 . (theta' - theta)).
         uni: L_uni(A).
-        grad_norm: L2 norm of the meta-gradient added to f_msr's ``.grad`` by this call.
+        grad_norm: L2 norm of dM/dphi, the meta-gradient added to f_msr's ``.grad``.
+        ct_grad_norm: L2 norm of its L_ct(theta') part, dL_ct(theta')/dphi.
+        uni_grad_norm: L2 norm of its L_uni part, gamma * dL_uni/dphi.
     """
 
     meta_loss: Tensor
     ct_virtual: Tensor
     uni: Tensor
     grad_norm: Tensor
+    ct_grad_norm: Tensor
+    uni_grad_norm: Tensor
+
+
+@dataclass
+class PlainGrads:
+    """L_ct(theta) and grad_theta L_ct(theta) on the batch: v0 of ``meta_grad: linearized``.
+
+    Attributes:
+        loss: L_ct(theta), the plain loss.
+        grads: its gradient, keyed like ``collect_grads`` (``encoder.<name>`` / ``head.<name>``);
+            ``None`` entries count as zero.
+    """
+
+    loss: Tensor
+    grads: Mapping[str, Optional[Tensor]]
 
 
 def total_loss(features: Sequence[Tensor], weights: Optional[Tensor], head_loss: HeadLoss,
@@ -176,9 +211,11 @@ class _HeadCall(nn.Module):
 
 
 def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views: Sequence[Tensor],
-              raw: Tensor, head_loss: HeadLoss, options: ICLMSROptions, alpha: float,
+              raw: Optional[Tensor], head_loss: HeadLoss, options: ICLMSROptions,
+              alpha: Optional[float] = None, *, virtual_step: Optional[VirtualStep] = None,
               stage1_grads: Optional[Mapping[str, Optional[Tensor]]] = None,
-              weights: Optional[Tensor] = None) -> MetaStepResult:
+              plain_grads: Optional[PlainGrads] = None, weights: Optional[Tensor] = None,
+              raw_features: Optional[Tensor] = None) -> MetaStepResult:
     """One meta step: add dM/dphi of M = L_ct(theta') + gamma * L_uni(A) to f_msr's ``.grad``.
 
     Args:
@@ -188,27 +225,37 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
             and predictor). ``head_loss`` must reach theta_h only through this module.
         regularizer: f_msr (e.g. ``MetaSemanticRegularizer``).
         views: the augmented views of the batch, one tensor per view.
-        raw: the raw, un-augmented images (B, 3, H, W).
+        raw: the raw, un-augmented images (B, 3, H, W) (f_msr's input).
         head_loss: ``head_loss(features, weights) -> (L_ct, L_msr)``; ``features`` has one tensor
             per view, ``weights`` is A_s (B, n, c) or ``None`` (then L_msr is 0 and L_ct is the
             method's plain loss). It may close over constants (momentum-branch targets, queues read
             without side effects).
         options: ``meta_grad``, ``exact_impl``, ``meta_params``, ``lambda_msr``, ``gamma_uni``,
-            ``uni_t`` and ``fd_epsilon`` are read; ``meta_every`` and ``schedule`` are for the loop.
-        alpha: rate of the virtual step (``resolve_alpha``).
+            ``uni_t``, ``uni_over``, ``fd_epsilon`` and ``virtual_step`` are read; ``meta_every``
+            and ``schedule`` are for the loop.
+        alpha: rate of the paper's SGD virtual step (``resolve_alpha``); ignored when
+            ``virtual_step`` is given.
+        virtual_step: U of equation (1), e.g. ``optimizer_step(optimizer, params)``; required by
+            ``options.virtual_step == "optimizer"``; default ``sgd_step(alpha)``.
         stage1_grads: grad_theta L_to at the current parameters on this batch with the same A
             (``collect_grads``), reused instead of recomputed; keys missing from it are an error,
             ``None`` entries count as zero. Ignored by ``exact_impl: double_backward``, which needs
             the graph of that gradient.
+        plain_grads: L_ct(theta) and its gradient on this batch, for ``meta_grad: linearized``
+            (computed here when not given).
         weights: A_s = regularizer(raw) computed by the caller with its graph (saves a second
             forward of f_msr when stage 1 already computed it); ``None`` computes it here.
+        raw_features: the encoder's feature map of ``raw``, for a regularizer that reads it.
 
     Returns:
         ``MetaStepResult``.
     """
     options.validate()
-    if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"meta_step: alpha={alpha!r} is invalid: expected a finite number > 0.")
+    if virtual_step is None:
+        if options.virtual_step == "optimizer":
+            raise ValueError("meta_step: iclmsr.virtual_step=optimizer needs virtual_step="
+                             "optimizer_step(optimizer, params).")
+        virtual_step = sgd_step(alpha)  # validates alpha
     views = list(views)
     reg_params = [p for p in regularizer.parameters() if p.requires_grad]
     if not reg_params:
@@ -218,7 +265,7 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
     head_params = _trainable(head)
     if weights is None:
         with torch.enable_grad():
-            weights = regularizer(raw)
+            weights = regularizer(raw) if raw_features is None else regularizer(raw, raw_features)
     if not weights.requires_grad:
         raise ValueError("meta_step: weights must carry the graph of regularizer(raw); do not pass "
                          "a detached A_s.")
@@ -226,37 +273,49 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
     fn = _Functional(encoder, head, head_loss)
     with frozen_batch_norm(encoder, head), torch.enable_grad():
         if options.meta_grad == "second_order" and options.exact_impl == "double_backward":
-            ct_virtual, meta_grads = _double_backward(fn, views, options, alpha, enc_params,
-                                                      head_params, weights, reg_params)
-            uni = uniformity_loss(weights, options.uni_t).detach()
+            ct_virtual, ct_part = _double_backward(fn, views, options, virtual_step, enc_params,
+                                                   head_params, weights, reg_params)
         else:
-            ct_virtual, grad_weights = _weight_grad(fn, views, options, alpha, enc_params,
-                                                    head_params, weights.detach(), stage1_grads)
-            uni_graph = uniformity_loss(weights, options.uni_t)
-            surrogate = (weights * grad_weights).sum() + options.gamma_uni * uni_graph
-            meta_grads = torch.autograd.grad(surrogate, reg_params, allow_unused=True)
-            uni = uni_graph.detach()
+            ct_virtual, grad_weights = _weight_grad(fn, views, options, virtual_step, enc_params,
+                                                    head_params, weights.detach(), stage1_grads,
+                                                    plain_grads)
+            ct_part = torch.autograd.grad((weights * grad_weights).sum(), reg_params,
+                                          retain_graph=True, allow_unused=True)
+        uni_graph = uniformity_loss(weights, options.uni_t, options.uni_over)
+        if options.gamma_uni > 0 and uni_graph.requires_grad:
+            uni_part = torch.autograd.grad(options.gamma_uni * uni_graph, reg_params,
+                                           allow_unused=True)
+        else:
+            uni_part = (None,) * len(reg_params)
 
-    sq_norm = weights.new_zeros(())
-    for p, g in zip(reg_params, meta_grads):
-        if g is None:
+    zero = weights.new_zeros(())
+    sq = {"ct": zero, "uni": zero, "all": zero}
+    for p, g_ct, g_uni in zip(reg_params, ct_part, uni_part):
+        parts = [g.detach() for g in (g_ct, g_uni) if g is not None]
+        if not parts:
             continue
-        sq_norm = sq_norm + g.detach().pow(2).sum()
+        g = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        sq["all"] = sq["all"] + g.pow(2).sum()
+        sq["ct"] = sq["ct"] + (zero if g_ct is None else g_ct.detach().pow(2).sum())
+        sq["uni"] = sq["uni"] + (zero if g_uni is None else g_uni.detach().pow(2).sum())
         if p.grad is None:
-            p.grad = g.detach().clone()
+            p.grad = g.clone()
         else:
-            p.grad.add_(g.detach())
+            p.grad.add_(g)
+    uni = uni_graph.detach()
     return MetaStepResult(meta_loss=ct_virtual + options.gamma_uni * uni, ct_virtual=ct_virtual,
-                          uni=uni, grad_norm=sq_norm.sqrt())
+                          uni=uni, grad_norm=sq["all"].sqrt(), ct_grad_norm=sq["ct"].sqrt(),
+                          uni_grad_norm=sq["uni"].sqrt())
 
 
 # --------------------------------------------------------------------------------------------
-# The A-gradient of L_ct(theta'(A)) (jvp and finite-difference paths)
+# The A-gradient of L_ct(theta'(A)) (jvp, finite-difference and linearized paths)
 # --------------------------------------------------------------------------------------------
 
-def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions, alpha: float,
-                 enc_params: ParamDict, head_params: ParamDict, weights: Tensor,
-                 stage1_grads: Optional[Mapping[str, Optional[Tensor]]]) -> Tuple[Tensor, Tensor]:
+def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
+                 virtual_step: VirtualStep, enc_params: ParamDict, head_params: ParamDict,
+                 weights: Tensor, stage1_grads: Optional[Mapping[str, Optional[Tensor]]],
+                 plain_grads: Optional[PlainGrads]) -> Tuple[Tensor, Tensor]:
     """Returns (L_ct(theta'), dL_ct(theta')/dA) with A = ``weights`` (detached), equation (3)
     without the L_uni term."""
     theta = {**_prefixed("encoder.", enc_params), **_prefixed("head.", head_params)}
@@ -265,57 +324,76 @@ def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
         with torch.no_grad():
             fixed_features = [fn.encode({}, x) for x in views]
 
-    # grad_theta L_to(theta, A): reused from stage 1 or computed here.
+    # g = grad_theta L_to(theta, A): reused from stage 1 or computed here.
     if stage1_grads is not None:
-        missing = [k for k in theta if k not in stage1_grads]
-        if missing:
-            raise ValueError(f"meta_step: stage1_grads lacks {len(missing)} parameter(s), e.g. "
-                             f"{missing[0]!r}; build it with collect_grads(encoder, head).")
-        g = {k: _zero_if_none(stage1_grads[k], p) for k, p in theta.items()}
+        g = _lookup(stage1_grads, theta, "stage1_grads")
     else:
         features = fixed_features or [fn.encode({}, x) for x in views]
         l_ct, l_msr = fn.head({}, features, weights)
         g = _grad_dict(l_ct + options.lambda_msr * l_msr, theta)
 
-    # v = grad L_ct at theta' = theta - alpha g (equation (1)); L_ct is the plain loss.
-    virtual = {k: (p.detach() - alpha * g[k]).requires_grad_() for k, p in theta.items()}
-    features = fixed_features
-    if features is None:
-        enc_virtual = _unprefixed("encoder.", virtual)
-        features = [fn.encode(enc_virtual, x) for x in views]
-    ct_virtual, _ = fn.head(_unprefixed("head.", virtual), features, None)
-    v = _grad_dict(ct_virtual, virtual)
-    ct_virtual = ct_virtual.detach()
-    del g, virtual, features  # parameter-sized tensors no longer needed: lower the peak memory
+    # theta' = U(theta, g) (equation (1)), with g a leaf so that w = (dU/dg)^T v is one VJP.
+    base = {k: p.detach() for k, p in theta.items()}
+    g_leaf = {k: t.detach().requires_grad_() for k, t in g.items()}
+    virtual = virtual_step(base, g_leaf)
+    del g
+    if options.meta_grad == "linearized":
+        if plain_grads is None:
+            features = fixed_features or [fn.encode({}, x) for x in views]
+            l_plain, _ = fn.head({}, features, None)
+            v, l_plain = _grad_dict(l_plain, theta), l_plain.detach()
+        else:
+            v, l_plain = _lookup(plain_grads.grads, theta, "plain_grads"), plain_grads.loss.detach()
+        ct_virtual = l_plain + sum(((virtual[k].detach() - base[k]) * v[k]).sum() for k in theta)
+    else:
+        # v = grad L_ct at theta' (L_ct is the plain loss).
+        virtual_leaf = {k: t.detach().requires_grad_() for k, t in virtual.items()}
+        features = fixed_features
+        if features is None:
+            enc_virtual = _unprefixed("encoder.", virtual_leaf)
+            features = [fn.encode(enc_virtual, x) for x in views]
+        ct_virtual, _ = fn.head(_unprefixed("head.", virtual_leaf), features, None)
+        v = _grad_dict(ct_virtual, virtual_leaf)
+        ct_virtual = ct_virtual.detach()
+        del virtual_leaf, features  # parameter-sized tensors no longer needed: lower peak memory
+    names = [k for k in theta if virtual[k].requires_grad]
+    w = dict.fromkeys(theta)
+    if names:
+        vjp = torch.autograd.grad([virtual[k] for k in names], [g_leaf[k] for k in names],
+                                  grad_outputs=[v[k] for k in names], allow_unused=True)
+        w.update(zip(names, vjp))
+    w = {k: torch.zeros_like(theta[k]) if t is None else t.detach() for k, t in w.items()}
+    del virtual, g_leaf, v
     if options.lambda_msr == 0:
         return ct_virtual, torch.zeros_like(weights)
 
-    if options.meta_grad == "finite_difference":
-        d_weights = _fd_directional_weight_grad(fn, views, options, theta, v, weights,
-                                                fixed_features)
-    else:
-        d_weights = _jvp_directional_weight_grad(fn, views, options, enc_params, head_params, v,
-                                                 weights, fixed_features)
-    return ct_virtual, -alpha * d_weights
+    d_weights = _directional_weight_grad(fn, views, options, enc_params, head_params, w, weights,
+                                         fixed_features)
+    return ct_virtual, d_weights
 
 
-def _jvp_directional_weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
-                                 enc_params: ParamDict, head_params: ParamDict, v: ParamDict,
-                                 weights: Tensor, fixed_features: Optional[List[Tensor]]) -> Tensor:
-    """d/dA [ v . grad_theta (lambda L_msr)(theta, A) ], exactly.
+def _directional_weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
+                             enc_params: ParamDict, head_params: ParamDict, w: ParamDict,
+                             weights: Tensor, fixed_features: Optional[List[Tensor]]) -> Tensor:
+    """d/dA [ w . grad_theta (lambda L_msr)(theta, A) ].
 
-    v . grad_theta L_msr = grad_{theta_h} H . v_h + grad_Z H . (J_f v_f): the encoder enters only
-    through Z and J_f v_f (one forward-mode pass, independent of A); the head is differentiated
-    twice (create_graph) to get the A-derivative of that inner product.
+    w . grad_theta L_msr = grad_{theta_h} H . w_h + grad_Z H . (J_f w_f): the encoder enters only
+    through Z and J_f w_f, which does not depend on A; the head, the cheap part, is
+    differentiated twice (create_graph) to get the A-derivative of that inner product. J_f w_f is
+    one forward-mode pass (``second_order``), or central differences of Z along w_f
+    (``finite_difference``, ``linearized``): Z is continuous in theta, so the differences stay
+    faithful where the A-gradient itself, which jumps when a ReLU of the head flips, would not.
     """
     if fixed_features is None:
         primals = {k: p.detach() for k, p in enc_params.items()}
-        tangents = {k: v["encoder." + k] for k in enc_params}
+        tangents = {k: w["encoder." + k] for k in enc_params}
+        if options.meta_grad == "second_order":
+            def encode_all(params: ParamDict) -> Tuple[Tensor, ...]:
+                return tuple(fn.encode(params, x) for x in views)
 
-        def encode_all(params: ParamDict) -> Tuple[Tensor, ...]:
-            return tuple(fn.encode(params, x) for x in views)
-
-        features, d_features = jvp(encode_all, (primals,), (tangents,))
+            features, d_features = jvp(encode_all, (primals,), (tangents,))
+        else:
+            features, d_features = _fd_jvp(fn, views, primals, tangents, options.fd_epsilon)
         features = [z.detach().requires_grad_() for z in features]
         d_features = list(d_features)
     else:
@@ -325,7 +403,7 @@ def _jvp_directional_weight_grad(fn: "_Functional", views: List[Tensor], options
     weights = weights.detach().requires_grad_()
     _, l_msr = fn.head(leaf_head, features, weights)
     inputs = list(leaf_head.values()) + (features if d_features else [])
-    directions = [v["head." + k] for k in leaf_head] + d_features
+    directions = [w["head." + k] for k in leaf_head] + d_features
     if not inputs or not l_msr.requires_grad:
         return torch.zeros_like(weights)
     grads = torch.autograd.grad(options.lambda_msr * l_msr, inputs, create_graph=True,
@@ -337,45 +415,37 @@ def _jvp_directional_weight_grad(fn: "_Functional", views: List[Tensor], options
     return torch.zeros_like(weights) if d_weights is None else d_weights
 
 
-def _fd_directional_weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
-                                theta: ParamDict, v: ParamDict, weights: Tensor,
-                                fixed_features: Optional[List[Tensor]]) -> Tensor:
-    """(grad_A L_to(theta + eps v, A) - grad_A L_to(theta - eps v, A)) / (2 eps),
-    eps = fd_epsilon / ||v|| (ICLMSR.md section 4). grad_A L_to = lambda grad_A L_msr, and f is
-    run without autograd since A enters after it."""
-    if not v:
-        return torch.zeros_like(weights)
-    v_norm = torch.sqrt(sum(t.pow(2).sum() for t in v.values()))
-    # A tensor, not a float: no device synchronisation. v = 0 gives theta +- 0 and a zero result.
-    eps = options.fd_epsilon / v_norm.clamp_min(torch.finfo(v_norm.dtype).tiny)
+@torch.no_grad()
+def _fd_jvp(fn: "_Functional", views: List[Tensor], primals: ParamDict, tangents: ParamDict,
+            fd_epsilon: float) -> Tuple[List[Tensor], List[Tensor]]:
+    """Z(theta_f) and J_f w_f ~ (Z(theta_f + eps w_f) - Z(theta_f - eps w_f)) / (2 eps), with
+    ||eps w_f|| = fd_epsilon * ||theta_f||: two forwards of the encoder without autograd. Z(theta_f)
+    is their midpoint (exact up to O(eps^2), far below float32 resolution at these steps)."""
+    w_norm = torch.sqrt(sum(t.pow(2).sum() for t in tangents.values()))
+    theta_norm = torch.sqrt(sum(p.pow(2).sum() for p in primals.values()))
+    # Tensors, not floats: no device synchronisation. w = 0 gives a zero difference.
+    tiny = torch.finfo(w_norm.dtype).tiny
+    eps = fd_epsilon * theta_norm.clamp_min(tiny) / w_norm.clamp_min(tiny)
     sides = []
     for sign in (1.0, -1.0):
-        shifted = {k: p.detach() + (sign * eps) * v[k] for k, p in theta.items()}
-        if fixed_features is None:
-            with torch.no_grad():
-                enc_shifted = _unprefixed("encoder.", shifted)
-                features = [fn.encode(enc_shifted, x) for x in views]
-        else:
-            features = fixed_features
-        leaf_weights = weights.detach().requires_grad_()
-        _, l_msr = fn.head(_unprefixed("head.", shifted), features, leaf_weights)
+        shifted = {k: p + (sign * eps) * tangents[k] for k, p in primals.items()}
+        sides.append([fn.encode(shifted, x) for x in views])
         del shifted
-        if not l_msr.requires_grad:
-            return torch.zeros_like(weights)
-        (grad_a,) = torch.autograd.grad(options.lambda_msr * l_msr, leaf_weights, allow_unused=True)
-        sides.append(torch.zeros_like(weights) if grad_a is None else grad_a)
-    return (sides[0] - sides[1]) / (2.0 * eps)
+    features = [(up + down) / 2.0 for up, down in zip(*sides)]
+    return features, [(up - down) / (2.0 * eps) for up, down in zip(*sides)]
 
 
 # --------------------------------------------------------------------------------------------
 # The literal second-order reference (exact_impl: double_backward)
 # --------------------------------------------------------------------------------------------
 
-def _double_backward(fn: "_Functional", views: List[Tensor], options: ICLMSROptions, alpha: float,
-                     enc_params: ParamDict, head_params: ParamDict, weights: Tensor,
-                     reg_params: List[Tensor]) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
-    """Equations (1)-(2) as written: grad_theta L_to with ``create_graph=True`` through the whole
-    model, theta' with its graph, L_ct(theta') by a functional forward, backward into phi."""
+def _double_backward(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
+                     virtual_step: VirtualStep, enc_params: ParamDict, head_params: ParamDict,
+                     weights: Tensor, reg_params: List[Tensor]
+                     ) -> Tuple[Tensor, Tuple[Optional[Tensor], ...]]:
+    """Equations (1)-(2) as written: g = grad_theta L_to with ``create_graph=True`` through the
+    whole model, theta' = U(theta, g) with its graph, L_ct(theta') by a functional forward, and
+    the backward into phi. Returns L_ct(theta') and dL_ct(theta')/dphi."""
     theta = {**_prefixed("encoder.", enc_params), **_prefixed("head.", head_params)}
     with torch.set_grad_enabled(bool(enc_params)):
         features = [fn.encode({}, x) for x in views]
@@ -384,19 +454,28 @@ def _double_backward(fn: "_Functional", views: List[Tensor], options: ICLMSROpti
     names = list(theta)
     grads = torch.autograd.grad(l_to, [theta[k] for k in names], create_graph=True,
                                 allow_unused=True)
-    virtual = {k: theta[k] if gr is None else theta[k] - alpha * gr for k, gr in zip(names, grads)}
+    g = {k: torch.zeros_like(theta[k]) if gr is None else gr for k, gr in zip(names, grads)}
+    virtual = virtual_step(theta, g)
     if enc_params:
         enc_virtual = _unprefixed("encoder.", virtual)
         features = [fn.encode(enc_virtual, x) for x in views]
     ct_virtual, _ = fn.head(_unprefixed("head.", virtual), features, None)
-    meta = ct_virtual + options.gamma_uni * uniformity_loss(weights, options.uni_t)
-    meta_grads = torch.autograd.grad(meta, reg_params, allow_unused=True)
-    return ct_virtual.detach(), meta_grads
+    ct_part = torch.autograd.grad(ct_virtual, reg_params, retain_graph=True, allow_unused=True)
+    return ct_virtual.detach(), ct_part
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
+def _lookup(grads: Mapping[str, Optional[Tensor]], theta: ParamDict, what: str) -> ParamDict:
+    """The entries of ``grads`` for every key of ``theta``; ``None`` counts as zero."""
+    missing = [k for k in theta if k not in grads]
+    if missing:
+        raise ValueError(f"meta_step: {what} lacks {len(missing)} parameter(s), e.g. "
+                         f"{missing[0]!r}; build it with collect_grads(encoder, head).")
+    return {k: _zero_if_none(grads[k], p) for k, p in theta.items()}
+
 
 def _trainable(module: nn.Module) -> ParamDict:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}

@@ -79,3 +79,57 @@ def test_pooled_shortcut_equals_pooling_the_weighted_map_and_tokens():
 def test_channel_mismatch_is_an_error():
     with pytest.raises(ValueError, match="feature_dim=5"):
         weight_features(torch.randn(2, 5, 3, 3), torch.rand(2, 3, 4))
+
+
+@pytest.mark.parametrize("head", ["softplus", "softmax"])
+def test_weight_heads_give_unit_non_negative_vectors(head):
+    torch.manual_seed(0)
+    reg = MetaSemanticRegularizer(feature_dim=12, n_strata=3, depth=2, width=8, weight_head=head,
+                                  temperature=0.5)
+    a = reg(torch.randn(4, 3, 16, 16))
+    assert (a >= 0).all()
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(4, 3))
+    reg.eval()
+    x = torch.randn(4, 3, 16, 16)
+    logits = reg.logits(x)
+    expected = (torch.nn.functional.normalize(torch.softmax(logits / 0.5, -1), dim=-1)
+                if head == "softmax" else
+                torch.nn.functional.normalize(torch.nn.functional.softplus(logits), dim=-1))
+    torch.testing.assert_close(reg(x), expected)
+
+
+def test_without_bias_a_constant_input_gives_no_constant_offset():
+    reg = MetaSemanticRegularizer(feature_dim=4, n_strata=2, depth=1, width=4, bias=False)
+    assert reg.fc.bias is None
+    reg.eval()
+    with torch.no_grad():
+        # zero conv output after ReLU and eval-mode BN shift set to 0: logits are exactly 0
+        for m in reg.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.zero_()
+                m.running_mean.zero_()
+        torch.testing.assert_close(reg.logits(torch.zeros(2, 3, 8, 8)), torch.zeros(2, 2, 4))
+
+
+@pytest.mark.parametrize("inputs", ["features", "both"])
+def test_feature_map_input(inputs):
+    torch.manual_seed(0)
+    reg = MetaSemanticRegularizer(feature_dim=6, n_strata=3, depth=2, width=5, inputs=inputs)
+    raw, fmap = torch.randn(4, 3, 16, 16), torch.randn(4, 6, 4, 4, requires_grad=True)
+    a = reg(raw if inputs == "both" else None, fmap)
+    assert a.shape == (4, 3, 6)
+    assert reg.reads_features and reg.reads_image == (inputs == "both")
+    a.sum().backward()
+    assert fmap.grad is None  # the feature map is read without gradient
+    assert reg.fc.in_features == 5 * (2 if inputs == "both" else 1)
+    # 1x1 convolutions: a token layout (B, c, L, 1) works like a map
+    assert reg(raw if inputs == "both" else None, torch.randn(4, 6, 9, 1)).shape == (4, 3, 6)
+    with pytest.raises(ValueError, match=r"feature map \(B, 6, h, w\)"):
+        reg(raw, None)
+
+
+def test_unknown_choices_name_the_argument():
+    with pytest.raises(ValueError, match="inputs='pixels'"):
+        MetaSemanticRegularizer(feature_dim=4, inputs="pixels")
+    with pytest.raises(ValueError, match="weight_head='sigmoid'"):
+        MetaSemanticRegularizer(feature_dim=4, weight_head="sigmoid")
