@@ -20,9 +20,10 @@ layout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -98,19 +99,61 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int = 0) -> np
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
+def _square_geometry(h: int, w: int, size: int) -> Tuple[int, int, int, int]:
+    """Resized shape and crop offsets of the shorter-side resize + centre crop:
+    ``(new_h, new_w, top, left)``."""
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    return nh, nw, (nh - size) // 2, (nw - size) // 2
+
+
 def _resize_square(img: torch.Tensor, size: int) -> torch.Tensor:
     """Shorter side to ``size`` (antialiased bilinear), then centre crop: (3, H, W) uint8 ->
     (3, size, size) uint8."""
     h, w = img.shape[-2:]
     if (h, w) == (size, size):
         return img
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw, top, left = _square_geometry(h, w, size)
     x = img[None].float()  # (1, 3, H, W)
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
     x = x[0, :, top : top + size, left : left + size]
     return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _resize_mask_square(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """The geometry of :func:`_resize_square` with nearest-neighbour sampling (pixel centres), so a
+    mask stays binary: (H, W), non-zero = on -> (size, size) uint8 in {0, 1}."""
+    m = (mask != 0).to(torch.uint8)
+    h, w = m.shape[-2:]
+    if (h, w) == (size, size):
+        return m
+    nh, nw, top, left = _square_geometry(h, w, size)
+    x = F.interpolate(m[None, None].float(), size=(nh, nw), mode="nearest-exact")
+    return x[0, 0, top : top + size, left : left + size].to(torch.uint8)
+
+
+@contextlib.contextmanager
+def _open_image(path: Path, what: str = "image") -> Iterator[Any]:
+    """``PIL.Image.open(path)`` whose failures (here or while decoding in the block) become one
+    ``OSError`` line naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            yield im
+    except Exception as err:  # PIL raises several types for unreadable files
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise OSError(f"cannot read {what} {path}: {reason}") from err
+
+
+def _read_array(path: Path, mode: Optional[str] = "RGB", what: str = "image") -> np.ndarray:
+    """Pixels of an image file, converted to PIL ``mode`` (``None`` keeps the stored mode).
+
+    Raises:
+        OSError: one line naming the file when it is missing or cannot be decoded.
+    """
+    with _open_image(path, what) as im:
+        return np.array(im.convert(mode) if mode else im)
 
 
 class RawImageDataset(Dataset):
@@ -221,15 +264,15 @@ class FolderImageDataset(RawImageDataset):
                 f"{root} does not exist: expected an ImageFolder tree {root}/<class>/<image> "
                 f"or a flat folder of images"
             )
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _list_images(d))
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and self._images_in(d))
         self.samples: List[Tuple[Path, int]] = []
         if class_dirs:
             self.classes = [d.name for d in class_dirs]
             for c, d in enumerate(class_dirs):
-                self.samples += [(p, c) for p in _list_images(d)]
+                self.samples += [(p, c) for p in self._images_in(d)]
         else:
             self.classes = []
-            self.samples = [(p, -1) for p in _list_images(root)]
+            self.samples = [(p, -1) for p in self._images_in(root)]
         if not self.samples:
             raise FileNotFoundError(
                 f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}): expected {root}/<class>/<image> "
@@ -239,12 +282,13 @@ class FolderImageDataset(RawImageDataset):
         self.targets = np.array([c for _, c in self.samples])
         self._finalize()
 
-    def _load(self, i: int) -> torch.Tensor:
-        from PIL import Image
+    def _images_in(self, folder: Path) -> List[Path]:
+        """The image files of one folder, sorted (subclasses may leave some out)."""
+        return _list_images(folder)
 
-        with Image.open(self.samples[i][0]) as im:
-            arr = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    def _load(self, i: int) -> torch.Tensor:
+        arr = _read_array(self.samples[i][0])  # (H, W, 3) uint8
+        return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 class BuiltinDataset(ArrayImageDataset):
