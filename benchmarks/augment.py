@@ -1,11 +1,14 @@
-"""Images per second: the batch pipeline versus solo-learn's torchvision per-image pipeline.
+"""Images per second: the batch pipeline versus solo-learn's own per-image pipeline.
 
 Same SimCLR config (solo-learn's cifar / imagenet SimCLR augmentations, two crops), batch 256, at
-32 px and 224 px. solo-learn's pipeline runs as solo does: torchvision v1 transforms on PIL images,
-one image at a time (here in the main process, no loader workers). The batch pipeline
-(``solo_iclmsr.augment.MultiViewAugmentation``) takes the uint8 batch and makes both views at
-once. With CUDA, it also runs there and reports the augmentation time as a fraction of one
-resnet18 training step (forward + backward + SGD step on both views of the same batch).
+32 px and 224 px. The per-image reference is solo-learn's own pipeline, built as its
+``main_pretrain.py`` builds it (``FullTransformPipeline`` of ``NCropAugmentation(
+build_transform_pipeline(dataset, entry), entry.num_crops)`` from ``solo.data.pretrain_dataloader``):
+torchvision v1 transforms on PIL images, one image at a time (here in the main process, no loader
+workers). The batch pipeline (``solo_iclmsr.data.augment.MultiViewAugmentation``) takes the uint8
+batch and makes both views at once. With CUDA, it also runs there and reports the augmentation
+time as a fraction of one resnet18 training step (forward + backward + SGD step on both views of
+the same batch).
 
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/augment.py [--batch 256] [--repeats 3]
@@ -14,13 +17,16 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Callable, Dict, List
 
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
+from solo.data.pretrain_dataloader import FullTransformPipeline, NCropAugmentation, build_transform_pipeline
 
-from solo_iclmsr.augment import build_multiview_augmentation, build_torchvision_pipeline
+from solo_iclmsr.data.augment import build_multiview_augmentation
 
 
 def simclr_config(crop_size: int) -> List[Dict]:
@@ -38,6 +44,14 @@ def simclr_config(crop_size: int) -> List[Dict]:
             "num_crops": 2,
         }
     ]
+
+
+def solo_pipeline(augmentations: List[Dict], dataset: str) -> FullTransformPipeline:
+    """solo-learn's own per-image pipeline for the entries, as its main_pretrain.py builds it."""
+    entries = OmegaConf.create(augmentations)
+    return FullTransformPipeline(
+        [NCropAugmentation(build_transform_pipeline(dataset, e), e.num_crops) for e in entries]
+    )
 
 
 def best_time(fn: Callable[[], object], repeats: int, sync: bool = False) -> float:
@@ -60,6 +74,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     b = args.batch
     rows = []
     for size in (32, 224):
@@ -68,11 +83,11 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         raw = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g)  # (B, 3, S, S)
         pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in raw]
-        tv = build_torchvision_pipeline(cfg, dataset)
+        per_image = solo_pipeline(cfg, dataset)
         batch_aug = build_multiview_augmentation(cfg, dataset)
-        t_tv = best_time(lambda: [tv(im) for im in pil], max(1, args.repeats - 1))
+        t_solo = best_time(lambda: [per_image(im) for im in pil], max(1, args.repeats - 1))
         t_cpu = best_time(lambda: batch_aug(raw), args.repeats)
-        row = {"size": size, "tv": b / t_tv, "cpu": b / t_cpu, "cuda": None, "frac": None}
+        row = {"size": size, "solo": b / t_solo, "cpu": b / t_cpu, "cuda": None, "frac": None}
         if torch.cuda.is_available():
             import torchvision
 
@@ -94,15 +109,16 @@ def main() -> None:
         rows.append(row)
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu only"
-    print(f"batch {b}, 2 views per image (SimCLR), torch threads {torch.get_num_threads()}, {device}")
-    print("| size | torchvision per image, CPU (img/s) | batch pipeline, CPU (img/s) | ratio CPU | "
+    print(f"batch {b}, 2 views per image (SimCLR), torch threads {torch.get_num_threads()}, {device}, "
+          f"load average {load:.2f} at the start")
+    print("| size | solo-learn per image, CPU (img/s) | batch pipeline, CPU (img/s) | ratio CPU | "
           "batch pipeline, CUDA (img/s) | ratio CUDA | aug / resnet18 step |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         cuda = f"{r['cuda']:.0f}" if r["cuda"] else "n/a"
-        ratio_cuda = f"{r['cuda'] / r['tv']:.1f}x" if r["cuda"] else "n/a"
+        ratio_cuda = f"{r['cuda'] / r['solo']:.1f}x" if r["cuda"] else "n/a"
         frac = f"{100 * r['frac']:.1f}%" if r["frac"] is not None else "n/a"
-        print(f"| {r['size']} px | {r['tv']:.0f} | {r['cpu']:.0f} | {r['cpu'] / r['tv']:.1f}x | "
+        print(f"| {r['size']} px | {r['solo']:.0f} | {r['cpu']:.0f} | {r['cpu'] / r['solo']:.1f}x | "
               f"{cuda} | {ratio_cuda} | {frac} |")
 
 

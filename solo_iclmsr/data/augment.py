@@ -1,4 +1,4 @@
-"""Batch augmentations on the device, built from solo-learn's ``augmentations`` config list.
+"""Batch augmentations on the device, built from solo-learn's own ``augmentations`` entries.
 
 solo-learn augments each image on the CPU, one PIL image at a time, inside the data loader. Here
 the loader only yields raw ``uint8`` images, and :class:`MultiViewAugmentation` builds every view of
@@ -6,7 +6,10 @@ a whole batch at once on the batch's device, each sample drawing its own paramet
 travels with the views: :meth:`MultiViewAugmentation.raw_view` gives the batch resized to the first
 crop size and normalised, which is what f_msr sees.
 
-The config follows the newer solo-learn schema (upstream main): a list of pipelines, each::
+solo-learn is the one schema. :func:`build_multiview_augmentation` reads each entry of
+``cfg.augmentations`` (an OmegaConf list, or plain dicts) with the keys and the conditions of
+solo-learn's ``build_transform_pipeline`` (``solo/data/pretrain_dataloader.py``), and
+``num_crops`` as solo-learn's ``main_pretrain.py`` does::
 
     - rrc: {enabled: True, crop_min_scale: 0.08, crop_max_scale: 1.0}
       color_jitter: {prob: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.2, hue: 0.1}
@@ -19,8 +22,15 @@ The config follows the newer solo-learn schema (upstream main): a list of pipeli
       num_crops: 2
       # optional: mean: [r, g, b], std: [r, g, b]
 
-and :func:`build_torchvision_pipeline` builds solo-learn's own per-image torchvision pipeline for
-the same list, for comparisons and the benchmark.
+Every key solo-learn reads is required (``crop_min_scale``/``crop_max_scale`` only when
+``rrc.enabled``, the four jitter strengths only when ``color_jitter.prob`` is non-zero); other keys
+are ignored, as solo-learn ignores them. Ops of probability 0 are left out. Each entry is also given
+to solo-learn's ``build_transform_pipeline`` once, so a value that its torchvision transforms reject
+(e.g. ``hue: 0.7``) is rejected here too. Normalisation statistics come from solo-learn's own
+pipeline through :func:`mean_std`: its per-dataset table where the dataset is in it (an entry's
+``mean``/``std`` are then ignored), else the entry's ``mean``/``std``, else ImageNet's. solo-learn's per-image pipeline for the same entries, the
+reference of the tests and the benchmark, is solo-learn's ``FullTransformPipeline`` of
+``NCropAugmentation(build_transform_pipeline(dataset, entry), entry.num_crops)``.
 
 What a :class:`ViewPipeline` does, in solo-learn's order: random resized crop (torchvision's
 sampling of box and ratio) resampled from the 8-bit image with torch's antialiased,
@@ -43,18 +53,15 @@ Differences from solo-learn's torchvision pipeline (all per-sample randomness is
       of about 10% of the side; at most 13, as taps beyond 3 sigma_max = 6 px carry < 0.3% of
       the weight), so at small crops large sigmas are truncated.
     * Colour jitter: the contrast step's mean luma is not rounded to an 8-bit level as PIL's is.
+      The strengths must be numbers (torchvision also takes ``[min, max]`` pairs; solo-learn's
+      files use numbers).
     * When ``rrc.enabled`` is false, solo resizes the shorter side to ``crop_size``; here the image
       is resized to ``crop_size x crop_size`` (identical for the square images the loaders of
       :mod:`solo_iclmsr.data` give).
-    * Normalisation: an explicit ``mean``/``std`` of a pipeline wins over the dataset's table
-      entry (solo lets the dataset table win).
 """
 from __future__ import annotations
 
-import difflib
 import math
-import random
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,14 +69,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from solo_iclmsr.normalization import DATASET_MEAN_STD, IMAGENET_MEAN_STD, dataset_mean_std
-
 __all__ = [
-    "DATASET_MEAN_STD",
-    "IMAGENET_MEAN_STD",
-    "ViewConfig",
-    "parse_augmentations",
-    "resolve_mean_std",
+    "BLUR_SIGMA",
+    "BLUR_MAX_KERNEL",
+    "mean_std",
+    "build_multiview_augmentation",
     "blur_kernel_size",
     "ResizedCrop",
     "ColorJitter",
@@ -81,9 +85,6 @@ __all__ = [
     "RandomHorizontalFlip",
     "ViewPipeline",
     "MultiViewAugmentation",
-    "build_multiview_augmentation",
-    "SoloTorchvisionPipeline",
-    "build_torchvision_pipeline",
 ]
 
 
@@ -93,238 +94,12 @@ BLUR_SIGMA: Tuple[float, float] = (0.1, 2.0)
 # at sigma = 2 (PIL's own blur, three box passes, reaches about 7 px).
 BLUR_MAX_KERNEL = 13
 
+# The random ops of one entry, in solo-learn's order (each a section with a ``prob`` key).
+_OPS: Tuple[str, ...] = (
+    "color_jitter", "grayscale", "gaussian_blur", "solarization", "equalization", "horizontal_flip"
+)
 
-# --------------------------------------------------------------------------------------------------
-# Config schema and validation
-# --------------------------------------------------------------------------------------------------
-
-# Every section of one pipeline entry, with each key's kind and default.
-_SECTIONS: Dict[str, Dict[str, Tuple[str, Any]]] = {
-    "rrc": {
-        "enabled": ("bool", True),
-        "crop_min_scale": ("scale", 0.08),
-        "crop_max_scale": ("scale", 1.0),
-    },
-    "color_jitter": {
-        "prob": ("prob", 0.0),
-        "brightness": ("nonneg", 0.0),
-        "contrast": ("nonneg", 0.0),
-        "saturation": ("nonneg", 0.0),
-        "hue": ("hue", 0.0),
-    },
-    "grayscale": {"prob": ("prob", 0.0)},
-    "gaussian_blur": {"prob": ("prob", 0.0)},
-    "solarization": {"prob": ("prob", 0.0)},
-    "equalization": {"prob": ("prob", 0.0)},
-    "horizontal_flip": {"prob": ("prob", 0.0)},
-}
-_SCALARS: Dict[str, str] = {"crop_size": "posint", "num_crops": "posint", "mean": "triple", "std": "pos_triple"}
-_REQUIRED: Tuple[str, ...] = ("crop_size", "num_crops")
-
-_KIND_TEXT = {
-    "bool": "a boolean",
-    "scale": "a value in (0, 1]",
-    "prob": "a value in [0, 1]",
-    "nonneg": "a value >= 0",
-    "hue": "a value in [0, 0.5]",
-    "posint": "an integer >= 1",
-    "triple": "a list of 3 numbers",
-    "pos_triple": "a list of 3 numbers > 0",
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _valid(kind: str, value: Any) -> bool:
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "posint":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    if kind in ("triple", "pos_triple"):
-        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(map(_is_number, value)):
-            return False
-        return kind == "triple" or all(v > 0 for v in value)
-    if not _is_number(value):
-        return False
-    if kind == "scale":
-        return 0.0 < value <= 1.0
-    if kind == "prob":
-        return 0.0 <= value <= 1.0
-    if kind == "nonneg":
-        return value >= 0.0
-    if kind == "hue":
-        return 0.0 <= value <= 0.5
-    raise AssertionError(f"unknown kind {kind!r}")
-
-
-def _unknown_key(where: str, key: Any, valid: Sequence[str]) -> ValueError:
-    near = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
-    hint = f" did you mean {near[0]!r}?" if near else ""
-    return ValueError(f"{where}.{key} is not a valid key:{hint} valid keys are {sorted(valid)}")
-
-
-def _to_plain(obj: Any) -> Any:
-    """OmegaConf containers (or any Mapping / sequence) to plain dicts and lists."""
-    try:  # omegaconf is optional here
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Mapping):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """One validated entry of the ``augmentations`` list (one pipeline, ``num_crops`` views).
-
-    Attributes:
-        crop_size: side of the square output views in pixels.
-        num_crops: how many views this pipeline makes of each image.
-        rrc_enabled: random resized crop if true, else a plain resize to ``crop_size``.
-        crop_min_scale: smallest crop area, as a fraction of the image area.
-        crop_max_scale: largest crop area, as a fraction of the image area.
-        color_jitter_prob: probability of colour jitter.
-        brightness: brightness factor drawn in [max(0, 1 - b), 1 + b].
-        contrast: contrast factor drawn in [max(0, 1 - c), 1 + c].
-        saturation: saturation factor drawn in [max(0, 1 - s), 1 + s].
-        hue: hue shift drawn in [-h, h].
-        grayscale_prob: probability of converting to grayscale (3 equal channels).
-        gaussian_blur_prob: probability of a Gaussian blur with sigma ~ U(0.1, 2.0) pixels.
-        solarization_prob: probability of solarization (values >= 0.5 become 1 - x).
-        equalization_prob: probability of histogram equalization.
-        horizontal_flip_prob: probability of a horizontal flip.
-        mean: per-channel normalisation mean, or ``None`` for the dataset's.
-        std: per-channel normalisation std, or ``None`` for the dataset's.
-    """
-
-    crop_size: int
-    num_crops: int
-    rrc_enabled: bool = True
-    crop_min_scale: float = 0.08
-    crop_max_scale: float = 1.0
-    color_jitter_prob: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    grayscale_prob: float = 0.0
-    gaussian_blur_prob: float = 0.0
-    solarization_prob: float = 0.0
-    equalization_prob: float = 0.0
-    horizontal_flip_prob: float = 0.0
-    mean: Optional[Tuple[float, float, float]] = None
-    std: Optional[Tuple[float, float, float]] = None
-
-
-def parse_augmentations(augmentations: Any) -> List[ViewConfig]:
-    """Validates solo-learn's ``augmentations`` list and turns it into :class:`ViewConfig` entries.
-
-    Args:
-        augmentations: a list of mappings in the newer solo-learn schema (plain or OmegaConf), or a
-            single mapping (taken as a one-entry list). Missing sections are off (probability 0);
-            a missing ``rrc`` is solo's default random resized crop with scale (0.08, 1.0).
-
-    Returns:
-        One :class:`ViewConfig` per entry, in order.
-
-    Raises:
-        ValueError: naming the key, e.g. ``augmentations[0].color_jitter.prob=1.5 is invalid:
-            expected a value in [0, 1]``; unknown keys name the nearest valid one.
-
-    Example:
-        >>> cfg = parse_augmentations([{"crop_size": 32, "num_crops": 2,
-        ...                             "horizontal_flip": {"prob": 0.5}}])
-        >>> cfg[0].crop_size, cfg[0].num_crops, cfg[0].horizontal_flip_prob
-        (32, 2, 0.5)
-    """
-    augmentations = _to_plain(augmentations)
-    if isinstance(augmentations, Mapping):
-        augmentations = [augmentations]
-    if not isinstance(augmentations, list) or not augmentations:
-        raise ValueError(
-            f"augmentations={augmentations!r} is invalid: expected a non-empty list of pipelines"
-        )
-    out = []
-    for i, entry in enumerate(augmentations):
-        where = f"augmentations[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{where}={entry!r} is invalid: expected a mapping of sections")
-        valid_top = list(_SECTIONS) + list(_SCALARS)
-        for key in entry:
-            if key not in valid_top:
-                raise _unknown_key(where, key, valid_top)
-        for key in _REQUIRED:
-            if key not in entry:
-                raise ValueError(f"{where}.{key} is missing: expected {_KIND_TEXT[_SCALARS[key]]}")
-        values: Dict[str, Any] = {}
-        for key, kind in _SCALARS.items():
-            if key not in entry or (key in ("mean", "std") and entry[key] is None):
-                continue
-            value = entry[key]
-            if not _valid(kind, value):
-                raise ValueError(f"{where}.{key}={value!r} is invalid: expected {_KIND_TEXT[kind]}")
-            values[key] = tuple(float(v) for v in value) if kind.endswith("triple") else value
-        for section, keys in _SECTIONS.items():
-            sub = entry.get(section)
-            if sub is None:
-                sub = {}
-            if not isinstance(sub, Mapping):
-                raise ValueError(f"{where}.{section}={sub!r} is invalid: expected a mapping")
-            for key in sub:
-                if key not in keys:
-                    raise _unknown_key(f"{where}.{section}", key, list(keys))
-            for key, (kind, default) in keys.items():
-                value = sub.get(key, default)
-                if not _valid(kind, value):
-                    raise ValueError(
-                        f"{where}.{section}.{key}={value!r} is invalid: expected {_KIND_TEXT[kind]}"
-                    )
-                field = {"enabled": "rrc_enabled", "prob": f"{section}_prob"}.get(key, key)
-                values[field] = float(value) if kind != "bool" else value
-        if values["crop_min_scale"] > values["crop_max_scale"]:
-            raise ValueError(
-                f"{where}.rrc.crop_min_scale={values['crop_min_scale']} is invalid: expected a value "
-                f"<= rrc.crop_max_scale={values['crop_max_scale']}"
-            )
-        out.append(ViewConfig(**values))
-    return out
-
-
-def resolve_mean_std(
-    view: ViewConfig, dataset: Optional[str] = None
-) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """Normalisation statistics of one pipeline: its own ``mean``/``std``, else the dataset's
-    entry of :data:`DATASET_MEAN_STD`, else ImageNet's.
-
-    Args:
-        view: a parsed pipeline entry.
-        dataset: the dataset name, or ``None``.
-
-    Returns:
-        ``(mean, std)``, each a tuple of 3 floats.
-    """
-    return dataset_mean_std(dataset, view.mean, view.std)
-
-
-def blur_kernel_size(crop_size: int) -> int:
-    """Odd Gaussian kernel size: 23 at 224 px, scaled linearly with the crop, at least 3.
-
-    Args:
-        crop_size: side of the view in pixels.
-
-    Returns:
-        An odd kernel side (3 at 32 px, 11 at 96 px, 23 at 224 px).
-    """
-    k = max(3, int(round(23 * crop_size / 224)))
-    return k if k % 2 == 1 else k + 1
+Stats = Tuple[Tuple[float, float, float], Tuple[float, float, float]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -602,6 +377,19 @@ class RandomGrayscale(_RowOp):
         return _gray(rows).expand_as(rows).contiguous()
 
 
+def blur_kernel_size(crop_size: int) -> int:
+    """Odd Gaussian kernel size: 23 at 224 px, scaled linearly with the crop, at least 3.
+
+    Args:
+        crop_size: side of the view in pixels.
+
+    Returns:
+        An odd kernel side (3 at 32 px, 11 at 96 px, 23 at 224 px).
+    """
+    k = max(3, int(round(23 * crop_size / 224)))
+    return k if k % 2 == 1 else k + 1
+
+
 class RandomGaussianBlur(nn.Module):
     """Separable Gaussian blur with a per-sample sigma, reflect padding, a fixed kernel size.
 
@@ -677,8 +465,8 @@ class RandomHorizontalFlip(_RowOp):
 
 
 class ViewPipeline(nn.Module):
-    """One pipeline of the config: crop, then colour, grayscale, blur, solarize, equalize, flip,
-    normalise, each sample with its own parameters; ops of probability 0 are left out (as solo).
+    """One pipeline: crop, then colour, grayscale, blur, solarize, equalize, flip, normalise, each
+    sample with its own parameters.
 
     :meth:`generate_parameters` draws every op's parameters for the whole batch (from torch's global
     generator, on the images' device); :meth:`forward` applies them. The parameters of the last call
@@ -693,51 +481,44 @@ class ViewPipeline(nn.Module):
     group. Chunking and grouping do not change any value.
 
     Args:
-        view: a parsed pipeline entry.
+        crop: the crop (random resized crop or resize) to ``crop.size`` pixels.
+        ops: the random ops, keyed by solo-learn's section names (``color_jitter``,
+            ``grayscale``, ``gaussian_blur``, ``solarization``, ``equalization``,
+            ``horizontal_flip``), applied in solo-learn's order; absent ones are left out.
         mean: per-channel mean used by the final normalisation.
         std: per-channel std used by the final normalisation.
-        resample: interpolation of the crop, ``"bicubic"`` (solo's) or ``"bilinear"``.
         chunk_bytes: size of a chunk of float views on the CPU.
 
     Example:
-        >>> view = parse_augmentations([{"crop_size": 8, "num_crops": 1}])[0]
-        >>> ViewPipeline(view, (0.5,) * 3, (0.25,) * 3)(torch.rand(4, 3, 16, 16)).shape
+        >>> pipe = ViewPipeline(ResizedCrop(8, (0.08, 1.0)), {"grayscale": RandomGrayscale(0.2)},
+        ...                     (0.5,) * 3, (0.25,) * 3)
+        >>> pipe(torch.rand(4, 3, 16, 16)).shape
         torch.Size([4, 3, 8, 8])
     """
 
     def __init__(
         self,
-        view: ViewConfig,
+        crop: ResizedCrop,
+        ops: Mapping[str, nn.Module],
         mean: Sequence[float],
         std: Sequence[float],
-        resample: str = "bicubic",
         chunk_bytes: int = 8 << 20,
     ) -> None:
         super().__init__()
-        self.view = view
+        for name in ops:
+            if name not in _OPS:
+                raise ValueError(f"ops[{name!r}] is invalid: expected one of {list(_OPS)}")
+        self.crop = crop
         self.chunk_bytes = chunk_bytes
-        scale = (view.crop_min_scale, view.crop_max_scale)
-        self.crop = ResizedCrop(view.crop_size, scale, view.rrc_enabled, resample)
-        ops: Dict[str, nn.Module] = {}
-        if view.color_jitter_prob > 0:
-            ops["color_jitter"] = ColorJitter(
-                view.brightness, view.contrast, view.saturation, view.hue, view.color_jitter_prob
-            )
-        if view.grayscale_prob > 0:
-            ops["grayscale"] = RandomGrayscale(view.grayscale_prob)
-        if view.gaussian_blur_prob > 0:
-            kernel = min(blur_kernel_size(view.crop_size), BLUR_MAX_KERNEL)
-            ops["gaussian_blur"] = RandomGaussianBlur(kernel, view.gaussian_blur_prob)
-        if view.solarization_prob > 0:
-            ops["solarization"] = RandomSolarize(view.solarization_prob)
-        if view.equalization_prob > 0:
-            ops["equalization"] = RandomEqualize(view.equalization_prob)
-        if view.horizontal_flip_prob > 0:
-            ops["horizontal_flip"] = RandomHorizontalFlip(view.horizontal_flip_prob)
-        self.ops = nn.ModuleDict(ops)
+        self.ops = nn.ModuleDict({name: ops[name] for name in _OPS if name in ops})
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._params: Optional[Dict[str, Params]] = None
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the square views in pixels."""
+        return self.crop.size
 
     def generate_parameters(
         self, batch_size: int, height: int, width: int, device: torch.device
@@ -770,7 +551,7 @@ class ViewPipeline(nn.Module):
             key = key * 2 + params["gaussian_blur"]["apply"].long()
         key, rows = key.sort(stable=True)
         counts = torch.unique_consecutive(key, return_counts=True)[1].tolist()
-        c = self.view.crop_size
+        c = self.crop_size
         step = max(1, self.chunk_bytes // (3 * c * c * 4)) if device.type == "cpu" else batch_size
         chunks, start = [], 0
         for count in counts:
@@ -798,7 +579,7 @@ class ViewPipeline(nn.Module):
         if params is None:
             params = self.generate_parameters(n, h, w, images.device)
         self._params = params
-        c = self.view.crop_size
+        c = self.crop_size
         out = _empty_views(n, c, images.device)
         # the module's constants follow the images, wherever the module itself lives
         std, mean = self.std.to(images.device), self.mean.to(images.device)
@@ -847,6 +628,7 @@ def _to_float01(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
+
 class MultiViewAugmentation(nn.Module):
     """All views of a raw batch, in solo-learn's order, made on the batch's device.
 
@@ -857,36 +639,41 @@ class MultiViewAugmentation(nn.Module):
     torch's global generator, so ``torch.manual_seed(s)`` before a call fixes the views.
 
     Args:
-        views: parsed pipeline entries (see :func:`parse_augmentations`).
-        dataset: dataset name for the default normalisation (:data:`DATASET_MEAN_STD`).
-        resample: interpolation of the crops, ``"bicubic"`` (solo's) or ``"bilinear"``.
+        pipelines: one :class:`ViewPipeline` per entry of the config.
+        num_crops: how many views each pipeline makes of every image.
 
     Example:
-        >>> aug = build_multiview_augmentation(
-        ...     [{"crop_size": 16, "num_crops": 2, "horizontal_flip": {"prob": 0.5}}], "cifar10")
+        >>> entry = {"rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+        ...          "color_jitter": {"prob": 0.0}, "grayscale": {"prob": 0.0},
+        ...          "gaussian_blur": {"prob": 0.0}, "solarization": {"prob": 0.0},
+        ...          "equalization": {"prob": 0.0}, "horizontal_flip": {"prob": 0.5},
+        ...          "crop_size": 16, "num_crops": 2}
+        >>> aug = build_multiview_augmentation([entry], "cifar10")
         >>> views = aug(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
         >>> len(views), views[0].shape, aug.raw_view(torch.zeros(4, 3, 32, 32)).shape
         (2, torch.Size([4, 3, 16, 16]), torch.Size([4, 3, 16, 16]))
     """
 
-    def __init__(
-        self, views: Sequence[ViewConfig], dataset: Optional[str] = None, resample: str = "bicubic"
-    ) -> None:
+    def __init__(self, pipelines: Sequence[ViewPipeline], num_crops: Sequence[int]) -> None:
         super().__init__()
-        if not views:
-            raise ValueError("views=[] is invalid: expected at least one pipeline")
-        self.views = list(views)
-        self.pipelines = nn.ModuleList(
-            ViewPipeline(v, *resolve_mean_std(v, dataset), resample=resample) for v in self.views
-        )
-        mean, std = resolve_mean_std(self.views[0], dataset)
-        self.register_buffer("raw_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("raw_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if not pipelines:
+            raise ValueError("pipelines=[] is invalid: expected at least one pipeline")
+        if len(num_crops) != len(pipelines):
+            raise ValueError(
+                f"num_crops={list(num_crops)} is invalid: expected one count per pipeline ({len(pipelines)})"
+            )
+        self.pipelines = nn.ModuleList(pipelines)
+        self.num_crops: List[int] = [int(n) for n in num_crops]
 
     @property
     def num_views(self) -> int:
         """Total number of views per image (sum of ``num_crops``)."""
-        return sum(v.num_crops for v in self.views)
+        return sum(self.num_crops)
+
+    @property
+    def crop_sizes(self) -> List[int]:
+        """Side of each pipeline's views in pixels."""
+        return [p.crop_size for p in self.pipelines]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> List[torch.Tensor]:
@@ -901,8 +688,8 @@ class MultiViewAugmentation(nn.Module):
         """
         images = _to_uint8(images).contiguous(memory_format=torch.channels_last)
         out: List[torch.Tensor] = []
-        for view, pipeline in zip(self.views, self.pipelines):
-            out.extend(pipeline(images, num_crops=view.num_crops).chunk(view.num_crops, dim=0))
+        for n, pipeline in zip(self.num_crops, self.pipelines):
+            out.extend(pipeline(images, num_crops=n).chunk(n, dim=0))
         return out
 
     @torch.no_grad()
@@ -914,139 +701,193 @@ class MultiViewAugmentation(nn.Module):
 
         Returns:
             Float tensor (B, 3, c, c) with c the first ``crop_size``, normalised with the first
-            pipeline's statistics. Downscaling is antialiased bilinear.
+            pipeline's statistics (:func:`mean_std` of the first entry). Downscaling is
+            antialiased bilinear.
         """
         x = _to_float01(images)
-        c = self.views[0].crop_size
+        first = self.pipelines[0]
+        c = first.crop_size
         if x.shape[-2:] != (c, c):
             x = F.interpolate(x, size=(c, c), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.raw_mean.to(x.device)) / self.raw_std.to(x.device)
+        return (x - first.mean.to(x.device)) / first.std.to(x.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# solo-learn's entries: reading keys, normalisation statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_entry(entry: Any, where: str) -> Any:
+    """An OmegaConf ``DictConfig`` as solo-learn reads it (plain mappings are converted; a
+    ``DictConfig`` is used as it is, so its interpolations still resolve)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(entry, DictConfig):
+        return entry
+    if isinstance(entry, Mapping):
+        return OmegaConf.create(dict(entry))
+    raise ValueError(f"{where}={entry!r} is invalid: expected a mapping (one pipeline)")
+
+
+def _read(entry: Any, key: str, where: str, reader: str = "build_transform_pipeline") -> Any:
+    """``entry.<key>`` (a dotted path) as solo-learn reads it, or a one-line error naming the key."""
+    from omegaconf import DictConfig
+
+    node = entry
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            raise ValueError(f"{where}.{key} is missing: solo-learn's {reader} reads it")
+        node = node[part]
+    return node
+
+
+def _number(value: Any, key: str, where: str) -> float:
+    """A number read from the entry, as a float (one-line error otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}.{key}={value!r} is invalid: expected a number")
+    return float(value)
+
+
+def _count(value: Any, key: str, where: str) -> int:
+    """A count read from the entry (an integer >= 1; one-line error otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}.{key}={value!r} is invalid: expected an integer >= 1")
+    return value
+
+
+def _triple(value: Any, key: str, where: str) -> Tuple[float, float, float]:
+    """A normalisation statistic as 3 floats (a single number applies to every channel)."""
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"{where}.{key}={value!r} is invalid: expected 3 numbers, one per channel")
+    if key == "std" and any(v <= 0 for v in values):
+        raise ValueError(f"{where}.{key}={value!r} is invalid: expected values > 0")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def mean_std(dataset: Optional[str], entry: Any = None, where: str = "augmentations[0]") -> Stats:
+    """Normalisation statistics of a pipeline, taken from solo-learn's own pipeline.
+
+    solo-learn's ``build_transform_pipeline`` normalises with its per-dataset table (cifar10,
+    cifar100, stl10, imagenet100, imagenet) and, for any other dataset, with the entry's ``mean``
+    and ``std`` (ImageNet's where they are absent). It reads nothing else for the normalisation,
+    so this builds solo-learn's pipeline from ``dataset`` and the entry's ``mean``/``std`` alone
+    (every op off) and reads its ``Normalize`` transform. A ``mean``/``std`` of ``None`` is taken
+    as unset. Used by the training views, by :meth:`MultiViewAugmentation.raw_view` (f_msr's
+    input) and by evaluation.
+
+    Args:
+        dataset: solo-learn's ``data.dataset`` (e.g. ``"cifar10"``, ``"custom"``, ``"builtin"``).
+        entry: one ``augmentations`` entry, or any mapping with optional ``mean``/``std``
+            (plain or OmegaConf); ``None`` for none.
+        where: the entry's name in errors.
+
+    Returns:
+        ``(mean, std)``, each a tuple of 3 floats.
+
+    Raises:
+        ValueError: a ``mean``/``std`` that is not 3 numbers (or one), or a ``std`` <= 0.
+
+    Example:
+        >>> mean_std("cifar10")
+        ((0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616))
+        >>> mean_std("builtin", {"mean": [0.5] * 3, "std": [0.25] * 3})
+        ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    """
+    from omegaconf import OmegaConf
+    from solo.data.pretrain_dataloader import build_transform_pipeline
+    from torchvision import transforms
+
+    probe: Dict[str, Any] = {"crop_size": 1, "rrc": {"enabled": False}}
+    probe.update({op: {"prob": 0.0} for op in _OPS})
+    if entry is not None:
+        given = _as_entry(entry, where)
+        for key in ("mean", "std"):
+            if key in given and given[key] is not None:
+                value = given[key]
+                probe[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    pipeline = build_transform_pipeline(dataset, OmegaConf.create(probe))
+    normalize = [t for t in pipeline.transforms if isinstance(t, transforms.Normalize)]
+    if len(normalize) != 1:
+        raise RuntimeError(
+            f"solo-learn's build_transform_pipeline gave {len(normalize)} Normalize transforms, expected 1"
+        )
+    return _triple(normalize[0].mean, "mean", where), _triple(normalize[0].std, "std", where)
+
+
+def _solo_accepts(dataset: Optional[str], entry: Any, where: str) -> None:
+    """Builds solo-learn's pipeline for the entry once: what its transforms reject fails here."""
+    from solo.data.pretrain_dataloader import build_transform_pipeline
+
+    try:
+        build_transform_pipeline(dataset, entry)
+    except (ValueError, TypeError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{where} is rejected by solo-learn's build_transform_pipeline: {reason}") from None
+
 
 def build_multiview_augmentation(
     augmentations: Any, dataset: Optional[str] = None, resample: str = "bicubic"
 ) -> MultiViewAugmentation:
-    """Validates the ``augmentations`` config and builds the device-side augmentation.
+    """The device augmentation of solo-learn's ``augmentations`` list.
+
+    Each entry is read as solo-learn's ``build_transform_pipeline`` reads it, plus ``num_crops``
+    (see the module docstring): ``crop_size``; ``rrc.enabled`` and, when it is true,
+    ``rrc.crop_min_scale`` and ``rrc.crop_max_scale``; ``color_jitter.prob`` and, when it is not
+    0, ``brightness``, ``contrast``, ``saturation``, ``hue``; ``grayscale.prob``,
+    ``gaussian_blur.prob``, ``solarization.prob``, ``equalization.prob``,
+    ``horizontal_flip.prob``. Ops of probability 0 are left out. Normalisation is
+    :func:`mean_std` of ``dataset`` and the entry.
 
     Args:
-        augmentations: solo-learn's ``augmentations`` list (plain or OmegaConf).
-        dataset: dataset name for the default normalisation statistics.
-        resample: crop interpolation, ``"bicubic"`` or ``"bilinear"``.
+        augmentations: ``cfg.augmentations`` (an OmegaConf list) or a list of plain dicts.
+        dataset: solo-learn's ``data.dataset``, for the normalisation statistics.
+        resample: crop interpolation, ``"bicubic"`` (solo-learn's) or ``"bilinear"``.
 
     Returns:
         A :class:`MultiViewAugmentation`; move it with ``.to(device)`` if you like (it holds only
         small constant buffers, the views land on the images' device anyway).
 
     Raises:
-        ValueError: for an invalid config, naming the key.
+        ValueError: one line naming the key, e.g. ``augmentations[1].grayscale.prob is missing``,
+            or naming the entry solo-learn's own pipeline rejects.
     """
+    from omegaconf import ListConfig
+
     if resample not in ("bicubic", "bilinear"):
         raise ValueError(f"resample={resample!r} is invalid: expected 'bicubic' or 'bilinear'")
-    return MultiViewAugmentation(parse_augmentations(augmentations), dataset, resample)
-
-
-# --------------------------------------------------------------------------------------------------
-# solo-learn's own torchvision per-image pipeline (reference)
-# --------------------------------------------------------------------------------------------------
-
-
-class _PILGaussianBlur:
-    """solo-learn's blur: ``ImageFilter.GaussianBlur(radius=sigma)``, sigma ~ U(0.1, 2.0)."""
-
-    def __call__(self, img: Any) -> Any:
-        from PIL import ImageFilter
-
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*BLUR_SIGMA)))
-
-
-class _PILSolarize:
-    """solo-learn's solarization: ``ImageOps.solarize`` (threshold 128)."""
-
-    def __call__(self, img: Any) -> Any:
-        from PIL import ImageOps
-
-        return ImageOps.solarize(img)
-
-
-class _PILEqualize:
-    """solo-learn's equalization (main; 1.0.2 has none): ``ImageOps.equalize``."""
-
-    def __call__(self, img: Any) -> Any:
-        from PIL import ImageOps
-
-        return ImageOps.equalize(img)
-
-
-class SoloTorchvisionPipeline:
-    """solo-learn's per-image multi-view transform: each pipeline applied ``num_crops`` times.
-
-    Calling it on one PIL image returns the list of views (float tensors (3, c, c), normalised) in
-    the same order as :class:`MultiViewAugmentation`.
-
-    Args:
-        transforms: one ``torchvision.transforms.Compose`` per pipeline.
-        num_crops: how many views each pipeline makes.
-    """
-
-    def __init__(self, transforms: Sequence[Callable], num_crops: Sequence[int]) -> None:
-        self.transforms = list(transforms)
-        self.num_crops = list(num_crops)
-
-    def __call__(self, img: Any) -> List[torch.Tensor]:
-        return [t(img) for t, n in zip(self.transforms, self.num_crops) for _ in range(n)]
-
-    def __repr__(self) -> str:
-        return "\n".join(f"{n} x [{t}]" for t, n in zip(self.transforms, self.num_crops))
-
-
-def build_torchvision_pipeline(augmentations: Any, dataset: Optional[str] = None) -> SoloTorchvisionPipeline:
-    """solo-learn's own torchvision (v1, PIL) pipeline for the same config, for comparisons.
-
-    The ops, order and parameters follow solo-learn 1.0.2's ``CifarTransform`` /
-    ``ImagenetTransform`` (bicubic random resized crop, colour jitter, grayscale, PIL Gaussian
-    blur, PIL solarization, flip, ``ToTensor``, ``Normalize``), with the newer schema's
-    equalization and ``rrc.enabled`` switch, and ops of probability 0 left out as solo-learn main
-    does.
-
-    Args:
-        augmentations: solo-learn's ``augmentations`` list.
-        dataset: dataset name for the default normalisation statistics.
-
-    Returns:
-        A callable from one PIL image to its list of views.
-
-    Raises:
-        ValueError: for an invalid config, naming the key.
-    """
-    from torchvision import transforms as T
-
-    views = parse_augmentations(augmentations)
-    composed = []
-    for v in views:
-        mean, std = resolve_mean_std(v, dataset)
-        ops: List[Callable] = []
-        if v.rrc_enabled:
-            ops.append(
-                T.RandomResizedCrop(
-                    v.crop_size,
-                    scale=(v.crop_min_scale, v.crop_max_scale),
-                    interpolation=T.InterpolationMode.BICUBIC,
-                )
-            )
+    if not isinstance(augmentations, (ListConfig, list, tuple)) or len(augmentations) == 0:
+        raise ValueError(f"augmentations={augmentations!r} is invalid: expected a non-empty list of pipelines")
+    pipelines, num_crops = [], []
+    for i in range(len(augmentations)):
+        where = f"augmentations[{i}]"
+        entry = _as_entry(augmentations[i], where)
+        crop_size = _count(_read(entry, "crop_size", where), "crop_size", where)
+        if _read(entry, "rrc.enabled", where):
+            scale = tuple(_number(_read(entry, f"rrc.{k}", where), f"rrc.{k}", where)
+                          for k in ("crop_min_scale", "crop_max_scale"))
+            crop = ResizedCrop(crop_size, scale, random=True, resample=resample)
         else:
-            ops.append(T.Resize(v.crop_size, interpolation=T.InterpolationMode.BICUBIC))
-        if v.color_jitter_prob > 0:
-            jitter = T.ColorJitter(v.brightness, v.contrast, v.saturation, v.hue)
-            ops.append(T.RandomApply([jitter], p=v.color_jitter_prob))
-        if v.grayscale_prob > 0:
-            ops.append(T.RandomGrayscale(p=v.grayscale_prob))
-        if v.gaussian_blur_prob > 0:
-            ops.append(T.RandomApply([_PILGaussianBlur()], p=v.gaussian_blur_prob))
-        if v.solarization_prob > 0:
-            ops.append(T.RandomApply([_PILSolarize()], p=v.solarization_prob))
-        if v.equalization_prob > 0:
-            ops.append(T.RandomApply([_PILEqualize()], p=v.equalization_prob))
-        if v.horizontal_flip_prob > 0:
-            ops.append(T.RandomHorizontalFlip(p=v.horizontal_flip_prob))
-        ops += [T.ToTensor(), T.Normalize(mean=mean, std=std)]
-        composed.append(T.Compose(ops))
-    return SoloTorchvisionPipeline(composed, [v.num_crops for v in views])
+            crop = ResizedCrop(crop_size, (1.0, 1.0), random=False, resample=resample)
+        ops: Dict[str, nn.Module] = {}
+        for name in _OPS:
+            p = _read(entry, f"{name}.prob", where)
+            if not p:  # solo-learn's test: a probability of 0 leaves the op out
+                continue
+            p = _number(p, f"{name}.prob", where)
+            if name == "color_jitter":
+                strengths = [_number(_read(entry, f"color_jitter.{k}", where), f"color_jitter.{k}", where)
+                             for k in ("brightness", "contrast", "saturation", "hue")]
+                ops[name] = ColorJitter(*strengths, p=p)
+            elif name == "gaussian_blur":
+                ops[name] = RandomGaussianBlur(min(blur_kernel_size(crop_size), BLUR_MAX_KERNEL), p)
+            else:
+                ops[name] = {"grayscale": RandomGrayscale, "solarization": RandomSolarize,
+                             "equalization": RandomEqualize, "horizontal_flip": RandomHorizontalFlip}[name](p)
+        num_crops.append(_count(_read(entry, "num_crops", where, "main_pretrain.py"), "num_crops", where))
+        _solo_accepts(dataset, entry, where)
+        pipelines.append(ViewPipeline(crop, ops, *mean_std(dataset, entry, where)))
+    return MultiViewAugmentation(pipelines, num_crops)
+
