@@ -7,17 +7,33 @@ STAMP := $(VENV)/.solo-iclmsr-installed
 # Threads for CPU runs; tests are sized for 2 cores.
 export OMP_NUM_THREADS ?= 2
 
+# Where the patch step gets solo-learn main (commit 9187ea3): a .tar.gz archive, a checkout or
+# a URL. Default: the vendored archive beside the checkout when it is there, else GitHub's.
+SOLO_LEARN_COMMIT := 9187ea39c2c3f43c455ab06664d2b019a9802954
+SOLO_LEARN_VENDORED := ../shared/vendor/solo-learn-9187ea3.tar.gz
+SOLO_LEARN_URL := https://github.com/vturrisi/solo-learn/archive/$(SOLO_LEARN_COMMIT).tar.gz
+SOLO_LEARN_SOURCE ?= $(if $(wildcard $(SOLO_LEARN_VENDORED)),$(SOLO_LEARN_VENDORED),$(SOLO_LEARN_URL))
+export SOLO_LEARN_SOURCE
+
+# solo-learn's own suites, run against the installed, patched solo-learn from the folder the patch
+# step writes them to (outside any source tree, so no unpatched solo/ shadows the installed one).
+UPSTREAM_TESTS := $(VENV)/solo-learn-tests
+UPSTREAM_SUITES := tests/methods tests/losses tests/backbones tests/utils tests/args tests/data
+
 .PHONY: install demo test test-project test-upstream patch-check bench clean
 
 install: $(STAMP)
 
 # torch/torchvision first, pinned and with pip (it takes them from local disk where they lie);
-# then the project; then solo-learn 1.0.2, patched and reinstalled as 1.0.2+iclmsr.
-$(STAMP): setup.py constraints.txt patches/solo_patch.py $(wildcard patches/*.patch)
+# then the project; then solo-learn main, patched and installed as 1.0.6+iclmsr with its umap
+# extra (upstream's tests/utils/test_auto_umap.py needs it); pip resolves its dependencies
+# within constraints.txt.
+$(STAMP): setup.py constraints.txt patches/solo_patch.py patches/solo-learn-9187ea3.sha256 \
+		$(wildcard patches/*.patch)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
-	$(PY) patches/solo_patch.py --install
+	PIP_CONSTRAINT="$(CURDIR)/constraints.txt" $(PY) patches/solo_patch.py --extras umap
 	$(PIP) check
 	touch $(STAMP)
 
@@ -32,10 +48,13 @@ test: test-project test-upstream
 test-project: install
 	$(PY) -m pytest -q tests
 
-# solo-learn's own suites (tests/losses, tests/methods, shipped in its wheel), run from inside
-# the venv so that the project's tests/ folder is not on the path.
+# Network tests (CIFAR-10 downloads) are skipped with their reasons by patches/upstream_tests.py.
 test-upstream: install
-	cd $(VENV) && bin/python -m pytest -q -p no:cacheprovider --rootdir=. --pyargs tests.losses tests.methods
+	@test -d $(UPSTREAM_TESTS)/tests || { echo "error: $(UPSTREAM_TESTS)/tests is missing: run" \
+		"$(PY) patches/solo_patch.py --source <an archive or checkout of solo-learn main>" >&2; \
+		exit 2; }
+	cd $(UPSTREAM_TESTS) && PYTHONPATH="$(CURDIR)/patches" "$(abspath $(PY))" -m pytest -q -rs \
+		-p no:cacheprovider -p upstream_tests $(UPSTREAM_SUITES)
 
 bench: install
 	$(PY) benchmarks/meta_step.py

@@ -16,13 +16,13 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["solo_iclmsr", "solo_iclmsr.*"]),
-    # solo-learn itself is not listed: its only PyPI release (1.0.2) pins torch==1.9.1 and needs
-    # lightning-bolts. It is installed with --no-deps and patched by patches/solo_patch.py,
-    # which reinstalls it as 1.0.2+iclmsr with honest metadata (see README).
+    # solo-learn itself is not listed: the project runs on solo-learn's GitHub main (commit
+    # 9187ea3, version 1.0.6), which is not on PyPI and does not build on today's setuptools.
+    # patches/solo_patch.py installs it, patched, as 1.0.6+iclmsr with honest metadata (README).
     install_requires=[
-        "torch>=2.1,<3",
-        "torchvision>=0.16",
-        "pytorch-lightning>=2.1,<3",
+        "torch>=2.4,<3",
+        "torchvision>=0.19",
+        "lightning>=2.1,<3",
         "torchmetrics>=1.0",
         "timm>=1.0",
         "kornia>=0.7.2",
@@ -32,9 +32,11 @@ setup(
         "numpy>=1.24",
         "pillow>=9",
         "scipy>=1.10",
+        "scikit-learn>=1.2",
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "tensorboard>=2.12",
+        "pycocotools>=2.0",
     ],
     extras_require={"dev": ["pytest>=7.4"], "wandb": ["wandb"]},
     entry_points={"console_scripts": ["solo-iclmsr = solo_iclmsr.cli:main"]},
