@@ -1,9 +1,11 @@
-"""Tests of solo_iclmsr.backbones: shapes, the pooling contract, and errors (32 px, batch 2)."""
+"""The timm backbones of the variants: shapes, the pooling contract, stems, the feature map, and
+errors (32 px, batch 2)."""
 
 import pytest
 import torch
 
-from solo_iclmsr.backbones import create_backbone, supports_cifar_stem
+from solo_iclmsr.plugin.backbones import (create_backbone, feature_map, supports_cifar_stem,
+                                          timm_backbone_for)
 
 torch.manual_seed(0)
 
@@ -13,11 +15,11 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32)
 
 
-# (name, cifar, kwargs, expected feature shape at 32 px, feature_format, pooling_is_average)
+# (name, cifar, kwargs, expected feature shape at 32 px, feature_format, pooling_commutes)
 CASES = [
     ("resnet18", True, {}, (2, 512, 4, 4), "map", True),
     ("resnet18", False, {}, (2, 512, 1, 1), "map", True),
-    ("vit_tiny_patch16_224", True, {}, (2, 65, 192), "tokens", False),  # 8x8 patches + cls token
+    ("vit_tiny_patch16_224", True, {}, (2, 65, 192), "tokens", True),  # 8x8 patches + cls token
     ("vit_tiny_patch16_224", False, {"img_size": 32, "patch_size": 4, "global_pool": "avg",
                                      "fc_norm": False}, (2, 65, 192), "tokens", True),
     ("convnext_atto", False, {}, (2, 320, 1, 1), "map", False),
@@ -32,7 +34,7 @@ def test_shapes_and_contract(images, name, cifar, kwargs, shape, fmt, avg):
         pooled = backbone(images)
         assert tuple(z.shape) == shape
         assert backbone.feature_format == fmt
-        assert backbone.pooling_is_average is avg
+        assert backbone.pooling_commutes is avg
         assert pooled.shape == (2, backbone.num_features)
         assert z.shape[backbone.channel_dim] == backbone.feature_channels
         torch.testing.assert_close(pooled, backbone.forward_head(z))
@@ -40,9 +42,10 @@ def test_shapes_and_contract(images, name, cifar, kwargs, shape, fmt, avg):
 
 
 @pytest.mark.parametrize("name,cifar,kwargs,shape,fmt,avg", CASES)
-def test_weighting_pooled_vector_matches_map_iff_average(images, name, cifar, kwargs, shape, fmt,
-                                                         avg):
-    """ICLMSR.md section 2: with average pooling, pool(a ⊙ Z) == a ⊙ pool(Z)."""
+def test_weighting_pooled_vector_matches_map_iff_pooling_commutes(images, name, cifar, kwargs,
+                                                                   shape, fmt, avg):
+    """ICLMSR.md section 2: with average pooling or a class token, pool(a ⊙ Z) == a ⊙ pool(Z);
+    with a norm after the pool (ConvNeXt) it does not hold."""
     backbone = create_backbone(name, cifar=cifar, **kwargs).eval()
     with torch.no_grad():
         z = backbone.forward_features(images)
@@ -51,10 +54,7 @@ def test_weighting_pooled_vector_matches_map_iff_average(images, name, cifar, kw
         pooled_then_weighted = backbone.forward_head(z) * weights
     same = torch.allclose(weighted_then_pooled, pooled_then_weighted, atol=1e-5, rtol=1e-4)
     assert weighted_then_pooled.shape == pooled_then_weighted.shape
-    if avg:
-        assert same
-    elif name.startswith("convnext"):
-        assert not same  # the LayerNorm after ConvNeXt's pool breaks the shortcut
+    assert same is avg
 
 
 def test_cifar_stem_replaces_conv_and_maxpool():
@@ -92,3 +92,22 @@ def test_scale_channels_checks_shape(images):
     z = backbone.forward_features(images)
     with pytest.raises(ValueError, match="weights of shape"):
         backbone.scale_channels(z, torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("name,cifar,kwargs,shape,fmt,avg", CASES)
+def test_feature_map_is_channels_first(images, name, cifar, kwargs, shape, fmt, avg):
+    backbone = create_backbone(name, cifar=cifar, **kwargs).eval()
+    z = feature_map(backbone, images)
+    assert z.dim() == 4 and z.shape[:2] == (2, backbone.feature_channels)
+    if fmt == "tokens":
+        assert z.shape[2:] == (shape[1], 1)  # tokens as a (L, 1) layout
+
+
+def test_the_cifar_variant_follows_the_dataset_unless_asked():
+    assert timm_backbone_for("resnet18", {}, "cifar10").cifar
+    assert timm_backbone_for("resnet18", {}, "builtin").cifar
+    assert not timm_backbone_for("resnet18", {}, "imagenet100").cifar
+    assert not timm_backbone_for("resnet18", {"cifar": False}, "cifar10").cifar
+    assert not timm_backbone_for("convnext_atto", {}, "cifar10").cifar  # none defined
+    with pytest.raises(ValueError, match="backbone.kwargs.cifar='yes' is invalid"):
+        timm_backbone_for("resnet18", {"cifar": "yes"}, "cifar10")

@@ -1,4 +1,5 @@
-"""Raw-image datasets (augmentation happens on the device) and the built-in confounded dataset.
+"""Raw-image datasets (augmentation happens on the device), the built-in confounded dataset, and
+datasets of real images with foreground masks (COCO instances, folders of mask PNGs).
 
 Example:
     >>> from solo_iclmsr.data import build_dataset, make_dataloader
@@ -8,6 +9,7 @@ Example:
     (torch.uint8, torch.Size([256, 3, 32, 32]))
 """
 
+from .augment import MultiViewAugmentation, ViewPipeline, build_multiview_augmentation, mean_std
 from .builtin import (
     DEFAULT_BUILTIN_ROOT,
     NEUTRAL_GRAY,
@@ -30,8 +32,13 @@ from .datasets import (
     make_dataloader,
     stratified_indices,
 )
+from .masks import MASK_VARIANTS, CocoMaskDataset, MaskedImageDataset, MaskFolderDataset, apply_variant
 
 __all__ = [
+    "MultiViewAugmentation",
+    "ViewPipeline",
+    "build_multiview_augmentation",
+    "mean_std",
     "DEFAULT_BUILTIN_ROOT",
     "NEUTRAL_GRAY",
     "SHAPE_NAMES",
@@ -50,4 +57,9 @@ __all__ = [
     "build_dataset",
     "make_dataloader",
     "stratified_indices",
+    "MASK_VARIANTS",
+    "CocoMaskDataset",
+    "MaskedImageDataset",
+    "MaskFolderDataset",
+    "apply_variant",
 ]

@@ -14,7 +14,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "support" / "ddp_fit.py"
 
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_ddp_two_ranks_stay_identical(method, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
+    repo = str(SCRIPT.parents[2])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PL_DISABLE_FORK="1",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, str(SCRIPT), method, str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]

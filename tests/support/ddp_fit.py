@@ -9,21 +9,18 @@ Lightning's launcher starts rank 1 by re-running this command; each rank saves e
 import os
 import sys
 
-import pytorch_lightning as pl
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from plugin_kit import SyntheticViews, method_kwargs  # noqa: E402
-from solo.methods import METHODS  # noqa: E402
-
-import solo_iclmsr.registry  # noqa: E402,F401
+from plugin_kit import RawImages, build  # noqa: E402
 
 
 class Data(pl.LightningDataModule):
     def train_dataloader(self):
-        data = SyntheticViews(n=64)
+        data = RawImages(n=64)
         return DataLoader(data, batch_size=8, drop_last=True,
                           sampler=DistributedSampler(data, shuffle=False))
 
@@ -31,7 +28,7 @@ class Data(pl.LightningDataModule):
 def main() -> None:
     method, out = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
-    model = METHODS[f"{method}_iclmsr"](**method_kwargs(method))
+    model = build(method)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0,

@@ -1,94 +1,107 @@
-"""Shared helpers of the plugin tests: tiny solo-learn 1.0.2 constructor kwargs per method, and
-synthetic batches in solo's format ``[indexes, [view, ...], targets]``."""
+"""Shared helpers of the plugin tests: solo-learn's own CIFAR configs of every method, made tiny
+for the CPU, the variants built from them, and raw uint8 batches for the device augmentation."""
 
-import copy
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-
+import lightning.pytorch as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
+from solo_source import solo_source
 from torch.utils.data import DataLoader, Dataset
 
+from solo_iclmsr.cli.pretrain import build_model
+from solo_iclmsr.config import compose, prepare_pretrain
+from solo_iclmsr.plugin import adapters
+
 BATCH = 8
-NUM_CLASSES = 10
-
-# Method-specific arguments of solo-learn 1.0.2, at tiny widths (values from upstream's tests).
-METHOD_KWARGS: Dict[str, Dict[str, Any]] = {
-    "barlow_twins": {"proj_hidden_dim": 64, "proj_output_dim": 64, "lamb": 5e-3, "scale_loss": 0.025},
-    "byol": {"proj_output_dim": 32, "proj_hidden_dim": 64, "pred_hidden_dim": 64},
-    "deepclusterv2": {"proj_output_dim": 32, "proj_hidden_dim": 64, "num_prototypes": [5, 5],
-                      "kmeans_iters": 2, "temperature": 0.1},
-    "dino": {"proj_output_dim": 32, "proj_hidden_dim": 64, "num_prototypes": 64,
-             "norm_last_layer": True, "clip_grad": 0, "freeze_last_layer": 1,
-             "student_temperature": 0.1, "teacher_temperature": 0.07,
-             "warmup_teacher_temperature": 0.04, "warmup_teacher_temperature_epochs": 1,
-             "use_bn_in_head": False},
-    "mocov2plus": {"proj_output_dim": 32, "proj_hidden_dim": 64, "temperature": 0.2, "queue_size": 64},
-    "nnbyol": {"proj_output_dim": 32, "proj_hidden_dim": 64, "pred_hidden_dim": 64, "queue_size": 64},
-    "nnclr": {"proj_output_dim": 32, "proj_hidden_dim": 64, "pred_hidden_dim": 64,
-              "temperature": 0.2, "queue_size": 64},
-    "nnsiam": {"proj_output_dim": 32, "proj_hidden_dim": 64, "pred_hidden_dim": 64, "queue_size": 64},
-    "ressl": {"proj_output_dim": 32, "proj_hidden_dim": 64, "temperature_q": 0.1,
-              "temperature_k": 0.04, "queue_size": 64},
-    "simclr": {"proj_output_dim": 32, "proj_hidden_dim": 64, "temperature": 0.2, "supervised": False},
-    "simsiam": {"proj_output_dim": 32, "proj_hidden_dim": 64, "pred_hidden_dim": 64},
-    "swav": {"proj_output_dim": 32, "proj_hidden_dim": 64, "num_prototypes": 20, "sk_iters": 3,
-             "sk_epsilon": 0.05, "temperature": 0.2, "queue_size": 0, "epoch_queue_starts": 0,
-             "freeze_prototypes_epochs": 0},
-    "vicreg": {"proj_hidden_dim": 64, "proj_output_dim": 64, "sim_loss_weight": 25.0,
-               "var_loss_weight": 25.0, "cov_loss_weight": 1.0},
-    "wmse": {"proj_hidden_dim": 64, "proj_output_dim": 2, "whitening_size": BATCH,
-             "whitening_iters": 1, "whitening_eps": 1e-3},
-}
-MOMENTUM_METHODS = {"byol", "dino", "mocov2plus", "nnbyol", "ressl"}
-METHOD_NAMES = sorted(METHOD_KWARGS)
+SIZE = 16  # px: the CIFAR stem gives a 2x2 last map
+#: solo's file name of a method's CIFAR config, where it differs from the method's name.
+SCRIPT_NAMES = {"barlow_twins": "barlow"}
+#: Every SSL method of solo's METHODS that has a variant (MAE is excluded, with its reason).
+METHOD_NAMES = sorted(n for n in adapters.ADAPTERS if not adapters.ADAPTERS[n].derived)
+TINY_ICLMSR = {"n_strata": 2, "msr_depth": 1, "msr_width": 4}
 
 
-def method_kwargs(name: str, encoder: str = "test_resnet", cifar: bool = False,
-                  backbone_kwargs: Optional[Dict[str, Any]] = None, lr: float = 0.05,
-                  iclmsr: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Every constructor argument of a solo-learn 1.0.2 method (tiny), plus ``iclmsr``."""
-    kwargs: Dict[str, Any] = {
-        "encoder": encoder, "num_classes": NUM_CLASSES, "no_labels": False,
-        "backbone_args": {"cifar": cifar, "kwargs": dict(backbone_kwargs or {})},
-        "max_epochs": 2, "optimizer": "sgd", "lars": False, "lr": lr, "grad_clip_lars": False,
-        "weight_decay": 1e-5, "classifier_lr": 0.1, "exclude_bias_n_norm": False,
-        "accumulate_grad_batches": 1, "extra_optimizer_args": {"momentum": 0.9},
-        "scheduler": "none", "min_lr": 0.0, "warmup_start_lr": 0.0, "warmup_epochs": 0,
-        "num_large_crops": 2, "num_small_crops": 0, "eta_lars": 0.02, "lr_decay_steps": None,
-        "batch_size": BATCH, "disable_knn_eval": True,
-    }
-    if name in MOMENTUM_METHODS:
-        kwargs.update(base_tau_momentum=0.99, final_tau_momentum=1.0, momentum_classifier=True)
-    kwargs.update(copy.deepcopy(METHOD_KWARGS[name]))
-    kwargs["iclmsr"] = {"n_strata": 3, "msr_depth": 2, "msr_width": 8, **(iclmsr or {})}
-    return kwargs
+def tiny(cfg: DictConfig) -> DictConfig:
+    """Heads, prototypes, queues and whitening small enough for a CPU test."""
+    kwargs = cfg.method_kwargs
+    for key in list(kwargs.keys()):
+        if key.endswith("_dim"):
+            kwargs[key] = 4 if cfg.method == "wmse" and key == "proj_output_dim" else 32
+        elif key == "num_prototypes":
+            kwargs[key] = [8, 8] if OmegaConf.is_list(kwargs[key]) else 16
+        elif key == "queue_size":
+            kwargs[key] = 64
+        elif key == "whitening_size":
+            kwargs[key] = BATCH
+    return cfg
 
 
-def make_batch(seed: int = 0, size: int = 32, batch: int = BATCH) -> List[Any]:
-    """Two augmented-looking views per image, solo's batch format."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, size, size, generator=g)
-    views = [x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(2)]
-    return [torch.arange(batch), views, torch.randint(0, NUM_CLASSES, (batch,), generator=g)]
+def _hydra_value(value: Any) -> str:
+    """A value as Hydra's override grammar spells it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
-class SyntheticViews(Dataset):
-    """Deterministic images in solo's per-item format ``(index, [view1, view2], label)``."""
+def method_cfg(name: str, overrides: Sequence[str] = (), iclmsr: Optional[Dict[str, Any]] = None,
+               backbone: str = "test_resnet", prepare: bool = True, size: int = SIZE) -> DictConfig:
+    """solo's ``scripts/pretrain/cifar/<name>.yaml`` with small CPU overrides (and ICL-MSR on)."""
+    folder = solo_source() / "scripts" / "pretrain" / "cifar"
+    options = {"enabled": True, **TINY_ICLMSR, **(iclmsr or {})}
+    cfg = compose(str(folder), SCRIPT_NAMES.get(name, name), [
+        "++wandb.enabled=False", f"optimizer.batch_size={BATCH}", "devices=1", "accelerator=cpu",
+        f"backbone.name={backbone}", "precision=32", "strategy=auto", "sync_batchnorm=False",
+        "++scheduler.warmup_epochs=0", "data.num_workers=0",
+        *(f"++iclmsr.{k}={_hydra_value(v)}" for k, v in options.items()), *overrides])
+    cfg = tiny(cfg)
+    for entry in cfg.augmentations:
+        entry.crop_size = size
+    return prepare_pretrain(cfg) if prepare else cfg
 
-    def __init__(self, n: int = 4 * BATCH, size: int = 32) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.images = torch.randn(n, 3, size, size, generator=g)
-        self.noise = 0.1 * torch.randn(2, n, 3, size, size, generator=g)
-        self.labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+
+def build(name: str, overrides: Sequence[str] = (), iclmsr: Optional[Dict[str, Any]] = None,
+          backbone: str = "test_resnet", size: int = SIZE) -> pl.LightningModule:
+    """The variant of ``name`` built from its tiny solo config, with the device augmentation
+    (views of ``size`` px)."""
+    return build_model(method_cfg(name, overrides, iclmsr, backbone, size=size))
+
+
+class RawImages(Dataset):
+    """Deterministic raw uint8 images ``(index, image (3, SIZE, SIZE), label)``."""
+
+    def __init__(self, n: int = 4 * BATCH, size: int = SIZE, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        self.labels = torch.randint(0, 10, (n,), generator=g)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return i, [self.images[i] + self.noise[0, i], self.images[i] + self.noise[1, i]], self.labels[i]
+        return i, self.images[i], self.labels[i]
 
 
-def loader(n: int = 4 * BATCH, size: int = 32) -> DataLoader:
-    return DataLoader(SyntheticViews(n, size), batch_size=BATCH, shuffle=False, drop_last=True)
+def loader(n: int = 4 * BATCH, seed: int = 0) -> DataLoader:
+    return DataLoader(RawImages(n, seed=seed), batch_size=BATCH, shuffle=False, drop_last=True)
 
 
+def raw_batch(seed: int = 0) -> List[Any]:
+    """One raw batch in the loader's format."""
+    data = RawImages(BATCH, seed=seed)
+    return [torch.arange(BATCH), data.images, data.labels]
+
+
+def trainer(**kwargs: Any) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def quiet(model: pl.LightningModule) -> pl.LightningModule:
+    """No logging outside a Trainer."""
+    model.log = lambda *a, **k: None
+    model.log_dict = lambda *a, **k: None
+    return model

@@ -1,0 +1,167 @@
+"""``solo-iclmsr linear``: solo-learn's ``main_linear.py``, for solo's and timm backbones.
+
+The steps are main_linear's, on the same config (``scripts/linear/**``): solo's linear
+``parse_cfg``, the backbone by name, the pretrained weights from ``pretrained_feature_extractor``
+(its ``backbone.*`` entries; read with ``weights_only=True`` and checked against the backbone),
+the loss with mixup/cutmix or label smoothing, solo's ``LinearModel`` (optimizer and
+``scheduler`` as configured: ``step`` decays at ``lr_decay_steps``), solo's data, checkpointer,
+auto-resume and ``Trainer``. The backbone is built by the same rules as in pretraining
+(``plugin/backbones.py``), so a timm backbone pretrained with ICL-MSR evaluates like solo's own.
+The project's built-in dataset validates on its test split.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from solo_iclmsr.cli.checkpoints import check_matches, read_checkpoint
+from solo_iclmsr.config import check_backbone, check_schedule, solo_checked
+
+__all__ = ["linear", "build_backbone"]
+
+
+def build_backbone(cfg: DictConfig) -> nn.Module:
+    """The backbone of ``cfg.backbone`` for evaluation, by the pretraining rules: solo's names
+    as main_linear builds them (ResNet without fc; the CIFAR stem for cifar10/100 and the
+    built-in set), every other name from timm."""
+    from solo.methods.base import BaseMethod
+
+    from solo_iclmsr.plugin.backbones import SMALL_IMAGE_DATASETS, solo_cifar_stem, timm_backbone_for
+
+    name, kwargs = cfg.backbone.name, OmegaConf.to_container(cfg.backbone.kwargs)
+    if name not in BaseMethod._BACKBONES:
+        return timm_backbone_for(name, kwargs, cfg.data.dataset)
+    backbone = BaseMethod._BACKBONES[name](method=cfg.pretrain_method, **kwargs)
+    if name.startswith("resnet"):
+        backbone.fc = nn.Identity()
+        if cfg.data.dataset in SMALL_IMAGE_DATASETS:
+            solo_cifar_stem(backbone)
+    return backbone
+
+
+def _parse(cfg: DictConfig) -> DictConfig:
+    """solo's linear ``parse_cfg``. It accepts only its own backbone names: a timm name is
+    checked here, and stands aside for solo's check."""
+    from solo.args.linear import parse_cfg
+    from solo.methods.base import BaseMethod
+
+    OmegaConf.set_struct(cfg, False)
+    name = OmegaConf.select(cfg, "backbone.name", default=None)
+    if name is None:
+        raise ValueError("backbone.name is missing from the config: set it.")
+    check_backbone(name)
+    if name not in BaseMethod._BACKBONES:
+        cfg.backbone.name = next(iter(BaseMethod._BACKBONES))
+    cfg = solo_checked(parse_cfg, cfg)
+    cfg.backbone.name = name
+    return cfg
+
+
+def _loss(cfg: DictConfig) -> tuple:
+    """main_linear's loss and mixup function."""
+    from timm.data.mixup import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=None, prob=1.0,
+                      switch_prob=0.5, mode="batch", label_smoothing=cfg.label_smoothing,
+                      num_classes=cfg.data.num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    if cfg.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing), None
+    return nn.CrossEntropyLoss(), None
+
+
+def _loaders(cfg: DictConfig) -> tuple:
+    if cfg.data.dataset == "builtin":
+        from torch.utils.data import DataLoader
+
+        from solo_iclmsr.data.loaders import builtin_eval_sets
+
+        train, tests = builtin_eval_sets(cfg, entry=cfg.data.augmentations)
+        batch, workers = int(cfg.optimizer.batch_size), int(cfg.data.num_workers)
+        return (DataLoader(train, batch, shuffle=True, drop_last=True, num_workers=workers),
+                DataLoader(tests["full"], batch, num_workers=workers))
+    from solo.data.classification_dataloader import prepare_data
+
+    from solo_iclmsr.data.loaders import _fetching
+
+    return _fetching(cfg.data.dataset, cfg.data.train_path, lambda: prepare_data(
+        cfg.data.dataset, train_data_path=cfg.data.train_path, val_data_path=cfg.data.val_path,
+        data_format="image_folder" if cfg.data.format == "dali" else cfg.data.format,
+        batch_size=cfg.optimizer.batch_size, num_workers=cfg.data.num_workers,
+        auto_augment=cfg.auto_augment))
+
+
+def linear(cfg: DictConfig) -> Optional[Any]:
+    """Linear evaluation of a pretrained backbone (see the module docstring); returns the
+    trainer's final metrics."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies.ddp import DDPStrategy
+    from solo.methods.linear import LinearModel
+    from solo.utils.auto_resumer import AutoResumer
+    from solo.utils.checkpointer import Checkpointer
+    from solo.utils.misc import make_contiguous
+
+    from solo_iclmsr.plugin.registry import register
+
+    register()  # the project's datasets are known to solo's parsers
+    cfg = _parse(cfg)
+    if cfg.data.dataset == "builtin":
+        from solo_iclmsr.config import validate_block
+        from solo_iclmsr.config.schema import BuiltinDataConfig
+
+        validate_block(cfg, "data.builtin", BuiltinDataConfig)
+    backbone = build_backbone(cfg)
+    key, path = "pretrained_feature_extractor", str(cfg.pretrained_feature_extractor)
+    state = read_checkpoint(path, key)
+    check_matches(state, backbone, key, path, prefix="backbone.")
+    backbone.load_state_dict({k[len("backbone."):]: v for k, v in state["state_dict"].items()
+                              if k.startswith("backbone.")})
+    loss_func, mixup_func = _loss(cfg)
+    model = solo_checked(LinearModel, backbone, loss_func=loss_func, mixup_func=mixup_func, cfg=cfg)
+    check_schedule(cfg)
+    make_contiguous(model)
+    if not cfg.performance.disable_channel_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, val_loader = _loaders(cfg)
+
+    ckpt_path = None
+    if cfg.auto_resume.enabled and cfg.resume_from_checkpoint is None:
+        found, _ = AutoResumer(checkpoint_dir=os.path.join(cfg.checkpoint.dir, "linear"),
+                               max_hours=cfg.auto_resume.max_hours).find_checkpoint(cfg)
+        ckpt_path = found
+    elif cfg.resume_from_checkpoint is not None:
+        ckpt_path = cfg.resume_from_checkpoint
+    if ckpt_path is not None:
+        check_matches(read_checkpoint(ckpt_path, "resume_from_checkpoint"), model,
+                      "resume_from_checkpoint", ckpt_path)
+    callbacks = []
+    if cfg.checkpoint.enabled:
+        callbacks.append(Checkpointer(cfg, logdir=os.path.join(cfg.checkpoint.dir, "linear"),
+                                      frequency=cfg.checkpoint.frequency,
+                                      keep_prev=cfg.checkpoint.keep_prev))
+    loggers = [CSVLogger(os.path.join(cfg.checkpoint.dir, "linear"), name="")]
+    if cfg.wandb.enabled:
+        from lightning.pytorch.callbacks import LearningRateMonitor
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.insert(0, WandbLogger(name=cfg.name, project=cfg.wandb.project,
+                                      entity=cfg.wandb.entity, offline=cfg.wandb.offline))
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    kwargs = OmegaConf.to_container(cfg)
+    valid = inspect.signature(pl.Trainer.__init__).parameters
+    kwargs = {name: kwargs[name] for name in valid if name in kwargs}
+    kwargs.update(logger=loggers, callbacks=callbacks, enable_checkpointing=False,
+                  strategy=DDPStrategy(find_unused_parameters=False) if cfg.strategy == "ddp"
+                  else (cfg.strategy or "auto"))
+    trainer = pl.Trainer(**kwargs)
+    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    return trainer.callback_metrics

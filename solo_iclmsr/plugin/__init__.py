@@ -1,0 +1,7 @@
+"""What knows solo-learn and Lightning: the per-method adapters and the replay of a method's
+loss, the registry of ``<name>_iclmsr`` variants, the Lightning mixin, the backbones, the
+callbacks. Needs solo-learn main, patched (``patches/solo_patch.py``)."""
+
+from solo_iclmsr.solo_check import require_solo
+
+require_solo()

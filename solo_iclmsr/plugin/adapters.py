@@ -1,0 +1,228 @@
+"""Per-method adapters: what ICL-MSR needs to know about a solo-learn method beyond its code.
+
+The method's own loss is replayed (``replay.py``), so the ``mean`` reading of L_msr needs nothing
+per method. What cannot be derived from the code is data in ``ADAPTERS``: whether the loss is an
+InfoNCE-type temperature softmax over a positive and negatives (then ``msr_loss: auto`` picks the
+``mixture`` reading, the literal backdoor likelihood, which needs the log-probability of every
+positive: ``positive_log_probs``) and the attribute that holds its temperature.
+
+Every SSL method of ``solo.methods.METHODS`` is in the table or in ``EXCLUDED`` with its reason; a
+method another package adds later gets a derived adapter (``mean`` reading) when it is a solo
+``BaseMethod`` with its own ``training_step``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from solo_iclmsr.plugin.replay import StepRecord
+
+__all__ = [
+    "MethodAdapter",
+    "ADAPTERS",
+    "EXCLUDED",
+    "register_adapter",
+    "derive_adapter",
+    "adapter_for",
+    "head_module_names",
+]
+
+#: positive_log_probs(module, outputs, momentum, record, tau) -> log P of every positive, (M,).
+#: ``outputs``: the method's forward output per crop on one stratum's features; ``momentum``: a
+#: callable giving the momentum branch's outputs per large crop (constants).
+PositiveLogProbs = Callable[[nn.Module, List[Dict[str, Any]], Callable[[], List[Dict[str, Any]]],
+                             StepRecord, float], Tensor]
+
+# Children of a solo method that are not part of f_ph (the head side trained by the SSL loss).
+_NOT_HEAD = ("backbone", "classifier", "msr", "knn")
+
+
+@dataclass(frozen=True)
+class MethodAdapter:
+    """What ICL-MSR needs to know about one method beyond its code.
+
+    Attributes:
+        name: the method's key in ``solo.methods.METHODS``.
+        contrastive: its loss is -log of a temperature softmax of positives against negatives
+            (``msr_loss: auto`` then means ``mixture``).
+        temperature_attr: attribute holding the method's temperature (default of ``tau_msr``).
+        positive_log_probs: for the ``mixture`` reading, log P of each positive from one
+            stratum's outputs; ``None`` allows only the ``mean`` reading.
+        derived: built by ``derive_adapter`` rather than written in the table.
+    """
+
+    name: str
+    contrastive: bool = False
+    temperature_attr: Optional[str] = None
+    positive_log_probs: Optional[PositiveLogProbs] = None
+    derived: bool = False
+
+    def msr_form(self, requested: str) -> str:
+        """Resolve ``msr_loss`` (``auto``, ``mixture`` or ``mean``) for this method."""
+        if requested == "auto":
+            return "mixture" if self.contrastive and self.positive_log_probs is not None else "mean"
+        if requested == "mixture" and self.positive_log_probs is None:
+            raise ValueError(f"iclmsr.msr_loss=mixture is not available for method {self.name!r} "
+                             f"(its loss is not -log P of one positive): use mean or auto.")
+        return requested
+
+    def tau_msr(self, module: nn.Module, requested: Optional[float]) -> float:
+        """tau of the mixture reading: ``iclmsr.tau_msr``, else the method's, else 0.2."""
+        if requested is not None:
+            return float(requested)
+        return float(getattr(module, self.temperature_attr, 0.2)) if self.temperature_attr else 0.2
+
+
+def head_module_names(module: nn.Module) -> List[str]:
+    """Children that form f_ph: trainable, and neither backbone, classifier nor momentum branch."""
+    return [name for name, child in module.named_children()
+            if name not in _NOT_HEAD and not name.startswith("momentum")
+            and any(p.requires_grad for p in child.parameters())]
+
+
+# --------------------------------------------------------------------------------------------
+# log P of every positive, per method, from one stratum's outputs. Negatives are local (see
+# replay.py); each mirrors its solo loss function.
+# --------------------------------------------------------------------------------------------
+def _positive_set_log_probs(z: Tensor, indexes: Tensor, tau: float) -> Tensor:
+    """solo's ``simclr_loss_func`` per anchor: log(pos / (pos + neg)), pos summing over the other
+    crops with the same index (one positive for two crops), neg over different indexes."""
+    z = F.normalize(z, dim=-1)
+    logits = z @ z.T / tau  # (M, M)
+    same = indexes[:, None] == indexes[None, :]
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    pos = torch.logsumexp(logits.masked_fill(~same | self_mask, float("-inf")), dim=1)
+    return pos - torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
+
+
+def _simclr(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
+            record: StepRecord, tau: float) -> Tensor:
+    z = torch.cat([out["z"] for out in outputs])
+    return _positive_set_log_probs(z, record.batch[0].repeat(len(outputs)), tau)
+
+
+def _supcon(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
+            record: StepRecord, tau: float) -> Tensor:
+    z = torch.cat([out["z"] for out in outputs])
+    return _positive_set_log_probs(z, record.batch[-1].repeat(len(outputs)), tau)
+
+
+def _mocov2plus(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
+                record: StepRecord, tau: float) -> Tensor:
+    # q of view j against the momentum key of the other view and the queue of its past keys.
+    keys = [out["z"] for out in momentum()]
+    queue = module.queue.detach()
+    log_probs = []
+    for q, key, negatives in ((outputs[0]["z"], keys[1], queue[1]),
+                              (outputs[1]["z"], keys[0], queue[0])):
+        logits = torch.cat([(q * key).sum(-1, keepdim=True), q @ negatives], dim=1) / tau
+        log_probs.append(logits[:, 0] - torch.logsumexp(logits, dim=1))
+    return torch.cat(log_probs)
+
+
+def _mocov3(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
+            record: StepRecord, tau: float) -> Tensor:
+    # q of view j against the momentum keys of the other view; the positive is the same image.
+    keys = [F.normalize(out["k"], dim=1) for out in momentum()]
+    log_probs = []
+    for q, key in ((outputs[0]["q"], keys[1]), (outputs[1]["q"], keys[0])):
+        logits = F.normalize(q, dim=1) @ key.T / tau
+        log_probs.append(logits.diagonal() - torch.logsumexp(logits, dim=1))
+    return torch.cat(log_probs)
+
+
+def _nnclr(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
+           record: StepRecord, tau: float) -> Tensor:
+    # The positive of the prediction p of one view is the support-set neighbour of the other
+    # view's embedding, found from the unweighted embeddings (a constant, as in NNCLR's step).
+    neighbours = record.constants["nnclr_neighbours"]
+    log_probs = []
+    for nn_other, out in ((neighbours[0], outputs[1]), (neighbours[1], outputs[0])):
+        logits = F.normalize(nn_other, dim=-1) @ F.normalize(out["p"], dim=-1).T / tau
+        log_probs.append(logits.diagonal() - torch.logsumexp(logits, dim=1))
+    return torch.cat(log_probs)
+
+
+def nnclr_neighbours(module: nn.Module, plain_outputs: Sequence[Dict[str, Any]]) -> List[Tensor]:
+    """NNCLR's support-set neighbours of the plain (unweighted) embeddings of the two views."""
+    with torch.no_grad():
+        return [module.find_nn(out["z"].detach())[1] for out in plain_outputs[:2]]
+
+
+ADAPTERS: Dict[str, MethodAdapter] = {}
+
+
+def register_adapter(adapter: MethodAdapter) -> MethodAdapter:
+    """Add an adapter to the table; overwriting an existing name warns (as timm's registry)."""
+    if adapter.name in ADAPTERS and ADAPTERS[adapter.name] != adapter:
+        warnings.warn(f"Overwriting the ICL-MSR adapter of method {adapter.name!r}.")
+    ADAPTERS[adapter.name] = adapter
+    return adapter
+
+
+for _adapter in (
+    MethodAdapter("simclr", True, "temperature", _simclr),
+    MethodAdapter("supcon", True, "temperature", _supcon),
+    MethodAdapter("mocov2plus", True, "temperature", _mocov2plus),
+    MethodAdapter("mocov3", True, "temperature", _mocov3),
+    MethodAdapter("nnclr", True, "temperature", _nnclr),
+    # Temperature softmaxes between distributions, not one positive against negatives: the
+    # backdoor mixture of a positive's probability is undefined, so they use the mean reading.
+    MethodAdapter("ressl", False, "temperature_q"),
+    MethodAdapter("swav", False, "temperature"),
+    MethodAdapter("deepclusterv2", False, "temperature"),
+    MethodAdapter("dino", False, None),
+    MethodAdapter("all4one", False, "temperature"),
+    MethodAdapter("barlow_twins"),
+    MethodAdapter("byol"),
+    MethodAdapter("nnbyol"),
+    MethodAdapter("nnsiam"),
+    MethodAdapter("simsiam"),
+    MethodAdapter("vibcreg"),
+    MethodAdapter("vicreg"),
+    MethodAdapter("wmse"),
+):
+    register_adapter(_adapter)
+
+#: Methods of METHODS that get no variant, with the reason (printed when someone asks for one).
+EXCLUDED: Dict[str, str] = {
+    "base": "the shared base class of solo's methods has no SSL loss",
+    "linear": "linear evaluation has no SSL loss",
+    "mae": ("MAE reconstructs masked pixels of a single view: there is no positive pair whose "
+            "shared background the backdoor adjustment removes, and its loss reads patch tokens "
+            "through a decoder, not the pooled channels a_t weights (ICLMSR.md section 2)"),
+}
+
+
+def derive_adapter(name: str, method_cls: type) -> Tuple[Optional[MethodAdapter], str]:
+    """An adapter for a method missing from the table, or None and the reason it cannot be."""
+    from solo.methods.base import BaseMethod, BaseMomentumMethod
+
+    if not isinstance(method_cls, type) or not issubclass(method_cls, BaseMethod):
+        return None, "not a subclass of solo's BaseMethod"
+    if method_cls in (BaseMethod, BaseMomentumMethod) or "training_step" not in vars(method_cls):
+        return None, "defines no training_step of its own (no SSL loss to replay)"
+    return MethodAdapter(name, derived=True), "derived: mean reading through the replayed step"
+
+
+def adapter_for(name: str, method_cls: type) -> Tuple[Optional[MethodAdapter], str]:
+    """The adapter of ``name`` (table, else derived), or None and the reason it has none."""
+    if name in EXCLUDED:
+        return None, EXCLUDED[name]
+    if name in ADAPTERS:
+        return ADAPTERS[name], "in the table"
+    return derive_adapter(name, method_cls)
+
+
+def constants_for(name: str, module: nn.Module, plain_outputs: Callable[[], List[Mapping]]
+                  ) -> Dict[str, Any]:
+    """Unweighted quantities the mixture readings hold fixed, computed without side effects."""
+    if name == "nnclr":
+        return {"nnclr_neighbours": nnclr_neighbours(module, plain_outputs())}
+    return {}

@@ -1,0 +1,103 @@
+"""Lightning callbacks of a run: the non-finite loss guard and the strata probe."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from solo_iclmsr.core import (foreground_channels, foreground_share, strata_diagnostics,
+                              variance_explained)
+from solo_iclmsr.data.builtin import NEUTRAL_GRAY
+from solo_iclmsr.data.probe import ProbeSet
+
+__all__ = ["NonFiniteLossError", "NonFiniteLossGuard", "StrataProbe", "strata_probe_stats"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped."""
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops the run, with one line, at the first non-finite training loss.
+
+    The check runs after each batch; solo's checkpointer writes only at epoch ends, so the last
+    good checkpoint (of a completed epoch) is never overwritten by a broken state.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None or math.isfinite(float(loss)):
+            return
+        kept = next((f"the last good checkpoint is {c.last_ckpt}" for c in trainer.callbacks
+                     if getattr(c, "last_ckpt", None)), "no checkpoint of this run was written yet")
+        raise NonFiniteLossError(
+            f"the training loss became {float(loss)} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}, batch {batch_idx}); the run stopped and {kept}. Try a "
+            f"lower optimizer.lr or iclmsr.lambda_msr.")
+
+
+def _gray_out(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Pixels where ``keep`` is off set to the neutral gray of the foreground variants."""
+    return torch.where(keep[:, None].bool(), images, torch.full_like(images, NEUTRAL_GRAY))
+
+
+@torch.no_grad()
+def strata_probe_stats(module: nn.Module, probe: ProbeSet, batch_size: int = 256
+                       ) -> Dict[str, float]:
+    """What f_msr proposes on held-out images, in eval mode (``core.diagnostics``): how
+    image-dependent and how distinct the strata are, how much of their variation each grouping
+    of the images explains against its chance level, and, with masks, the share of a_t's weight
+    on the channels that prefer the foreground.
+
+    Args:
+        module: a variant with ICL-MSR enabled (``msr``, ``backbone``, the device augmentation's
+            ``raw_view`` for f_msr's input).
+        probe: the images.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.msr.parameters()).device
+        raw_view = module.device_augmentation.raw_view
+
+        def batches(images: torch.Tensor):
+            for start in range(0, len(images), batch_size):
+                yield raw_view(images[start:start + batch_size].to(device))
+
+        weights = torch.cat([module._proposals(x) for x in batches(probe.images)]).float().cpu()
+        stats = strata_diagnostics(weights).as_dict()
+        for name, groups in probe.groups.items():
+            eta, chance = variance_explained(weights, groups)
+            stats[f"explained_by_{name}"] = eta
+            stats[f"explained_by_{name}_over_chance"] = eta / chance if chance > 0 else float("nan")
+        if probe.masks is not None:
+            feats = {part: torch.cat([module.backbone(x) for x in batches(_gray_out(probe.images, keep))])
+                     for part, keep in (("fg", probe.masks), ("bg", 1 - probe.masks))}
+            channels = foreground_channels(feats["fg"].float().cpu(), feats["bg"].float().cpu())
+            share = foreground_share(weights, channels)  # (N, n)
+            stats.update(fg_share=float(share.mean()), fg_share_best_stratum=float(
+                share.max(1).values.mean()), fg_share_uniform=float(channels.float().mean()))
+        return stats
+    finally:
+        module.train(was_training)
+
+
+class StrataProbe(pl.Callback):
+    """Logs ``strata_probe_stats`` as ``strata_probe/<name>`` every ``every_n_epochs`` epochs."""
+
+    def __init__(self, probe: ProbeSet, every_n_epochs: int = 1) -> None:
+        super().__init__()
+        self.probe, self.every_n_epochs = probe, every_n_epochs
+        self.last: Optional[Dict[str, float]] = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.last = strata_probe_stats(module, self.probe)
+        module.log_dict({f"strata_probe/{k}": v for k, v in self.last.items()}, sync_dist=False,
+                        rank_zero_only=True)
