@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -34,7 +34,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from solo_iclmsr.config import compose
 
     result = pretrain(compose(args.config_path, args.config_name, args.overrides))
-    print(f"run folder: {result.folder}")
+    print(f"run folder: {result.folder} ({result.global_step} optimizer steps)")
     if result.last_checkpoint is not None:
         print(f"last checkpoint: {result.last_checkpoint}")
     return 0

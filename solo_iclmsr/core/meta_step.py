@@ -33,6 +33,10 @@ its vector-Jacobian product, elementwise and cheap.
   is differentiated twice. ``exact_impl: double_backward`` is the literal (1)-(2) with
   ``create_graph=True`` through the whole model, kept as the reference. Cost: the virtual
   forward and backward for v, and the forward-mode pass: two model passes beyond stage 1.
+  During the forward-mode pass, BatchNorm with batch statistics (``F.batch_norm`` with
+  ``training=True`` and no running statistics, as ``frozen_batch_norm`` makes it) uses a leaner
+  forward-mode rule than torch's generic one: the same derivative (equal up to float rounding)
+  in less than half the time (``_BatchStatsNorm``).
 * ``finite_difference`` (DARTS-style): the derivative in (3) by central differences of
   grad_A L_msr at theta +- eps w; grad_A needs no backward through f (A enters after it), so each
   side costs one encoder forward without autograd. eps is chosen so that the perturbation
@@ -78,8 +82,10 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from torch.overrides import TorchFunctionMode
 
 from .losses import HeadLoss, uniformity_loss
 from .options import ICLMSROptions
@@ -391,7 +397,8 @@ def _directional_weight_grad(fn: "_Functional", views: List[Tensor], options: IC
             def encode_all(params: ParamDict) -> Tuple[Tensor, ...]:
                 return tuple(fn.encode(params, x) for x in views)
 
-            features, d_features = jvp(encode_all, (primals,), (tangents,))
+            with _LeanBatchNormJvp():
+                features, d_features = jvp(encode_all, (primals,), (tangents,))
         else:
             features, d_features = _fd_jvp(fn, views, primals, tangents, options.fd_epsilon)
         features = [z.detach().requires_grad_() for z in features]
@@ -433,6 +440,80 @@ def _fd_jvp(fn: "_Functional", views: List[Tensor], primals: ParamDict, tangents
         del shifted
     features = [(up + down) / 2.0 for up, down in zip(*sides)]
     return features, [(up - down) / (2.0 * eps) for up, down in zip(*sides)]
+
+
+class _BatchStatsNorm(torch.autograd.Function):
+    """y = (x - mean) * invstd * weight + bias with the statistics of the batch (over every
+    dimension but 1), and a lean forward-mode rule. With xc = x - mean, r = invstd, t_ the
+    tangents and <.> the mean over those dimensions:
+
+        t_y = weight * (r (t_x - <t_x>) - r^3 <t_x xc> xc) + r xc t_weight + t_bias,
+
+    the derivative torch's generic rule gives too, here two fused multiply-adds over the input
+    and two reductions instead of a dozen elementwise passes. For the forward-mode
+    pass of ``_directional_weight_grad`` only: it has no reverse-mode rule, so
+    ``_LeanBatchNormJvp`` uses it only when nothing requires grad."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+        return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, weight, _, _ = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.save_for_forward(x, weight, mean, invstd)
+
+    @staticmethod
+    def jvp(ctx, x_t: Optional[Tensor], weight_t: Optional[Tensor],  # noqa: ANN001
+            bias_t: Optional[Tensor], _eps_t: None) -> Tuple[Tensor, None, None]:
+        x, weight, mean, invstd = ctx.saved_tensors
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        dims = [0] + list(range(2, x.dim()))
+        r = invstd.view(shape)
+        xc = x - mean.view(shape)
+        scale = r if weight is None else r * weight.view(shape)  # dy/dx at fixed statistics
+        coef_xc = torch.zeros_like(r) if weight_t is None else r * weight_t.view(shape)
+        const = torch.zeros_like(r) if bias_t is None else bias_t.view(shape).to(r.dtype)
+        if x_t is not None:
+            coef_xc = coef_xc - (r * r) * (x_t * xc).mean(dims, keepdim=True) * scale
+            const = const - scale * x_t.mean(dims, keepdim=True)
+            y_t = torch.addcmul(const, x_t, scale)
+        else:
+            y_t = const.expand_as(xc).clone()
+        y_t.addcmul_(xc, coef_xc)
+        return y_t.to(x.dtype), None, None
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> None:  # noqa: ANN001
+        raise RuntimeError("_BatchStatsNorm has a forward-mode rule only.")
+
+
+def _batch_norm_args(input: Tensor, running_mean: Optional[Tensor],  # noqa: A002
+                     running_var: Optional[Tensor], weight: Optional[Tensor] = None,
+                     bias: Optional[Tensor] = None, training: bool = False,
+                     momentum: float = 0.1, eps: float = 1e-5) -> tuple:
+    """The arguments of ``F.batch_norm`` by name (same signature)."""
+    return input, running_mean, running_var, weight, bias, training, eps
+
+
+class _LeanBatchNormJvp(TorchFunctionMode):
+    """While active, ``F.batch_norm`` with batch statistics and no running statistics, on
+    tensors that do not require grad, runs as ``_BatchStatsNorm`` (its lean forward-mode rule);
+    every other call is unchanged."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            x, running_mean, running_var, weight, bias, training, eps = _batch_norm_args(
+                *args, **kwargs)
+            inputs = [t for t in (x, weight, bias) if t is not None]
+            if (training and running_mean is None and running_var is None and x.dim() >= 2
+                    and not any(t.requires_grad for t in inputs)):
+                return _BatchStatsNorm.apply(x, weight, bias, eps)[0]
+        return func(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from solo_iclmsr.plugin.replay import StepRecord
+from solo_iclmsr.plugin.replay import StepRecord, method_outputs, momentum_outputs
 
 __all__ = [
     "MethodAdapter",
@@ -33,11 +33,10 @@ __all__ = [
     "head_module_names",
 ]
 
-#: positive_log_probs(module, outputs, momentum, record, tau) -> log P of every positive, (M,).
-#: ``outputs``: the method's forward output per crop on one stratum's features; ``momentum``: a
-#: callable giving the momentum branch's outputs per large crop (constants).
-PositiveLogProbs = Callable[[nn.Module, List[Dict[str, Any]], Callable[[], List[Dict[str, Any]]],
-                             StepRecord, float], Tensor]
+#: positive_log_probs(module, outputs, record, tau) -> log P of every positive, (M,).
+#: ``outputs``: the method's forward output per crop on one stratum's features. Called inside
+#: ``replay.replaying``; what stays fixed across strata comes from ``record.cached``.
+PositiveLogProbs = Callable[[nn.Module, List[Dict[str, Any]], StepRecord, float], Tensor]
 
 # Children of a solo method that are not part of f_ph (the head side trained by the SSL loss).
 _NOT_HEAD = ("backbone", "classifier", "msr", "knn")
@@ -101,22 +100,27 @@ def _positive_set_log_probs(z: Tensor, indexes: Tensor, tau: float) -> Tensor:
     return pos - torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
 
 
-def _simclr(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
-            record: StepRecord, tau: float) -> Tensor:
+def _momentum(module: nn.Module, record: StepRecord) -> List[Dict[str, Any]]:
+    """The momentum branch's outputs on the recorded momentum features (fixed across strata)."""
+    return record.cached("momentum", lambda: momentum_outputs(module, record))
+
+
+def _simclr(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
+            tau: float) -> Tensor:
     z = torch.cat([out["z"] for out in outputs])
     return _positive_set_log_probs(z, record.batch[0].repeat(len(outputs)), tau)
 
 
-def _supcon(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
-            record: StepRecord, tau: float) -> Tensor:
+def _supcon(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
+            tau: float) -> Tensor:
     z = torch.cat([out["z"] for out in outputs])
     return _positive_set_log_probs(z, record.batch[-1].repeat(len(outputs)), tau)
 
 
-def _mocov2plus(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
-                record: StepRecord, tau: float) -> Tensor:
+def _mocov2plus(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
+                tau: float) -> Tensor:
     # q of view j against the momentum key of the other view and the queue of its past keys.
-    keys = [out["z"] for out in momentum()]
+    keys = [out["z"] for out in _momentum(module, record)]
     queue = module.queue.detach()
     log_probs = []
     for q, key, negatives in ((outputs[0]["z"], keys[1], queue[1]),
@@ -126,10 +130,10 @@ def _mocov2plus(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Call
     return torch.cat(log_probs)
 
 
-def _mocov3(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
-            record: StepRecord, tau: float) -> Tensor:
+def _mocov3(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
+            tau: float) -> Tensor:
     # q of view j against the momentum keys of the other view; the positive is the same image.
-    keys = [F.normalize(out["k"], dim=1) for out in momentum()]
+    keys = [F.normalize(out["k"], dim=1) for out in _momentum(module, record)]
     log_probs = []
     for q, key in ((outputs[0]["q"], keys[1]), (outputs[1]["q"], keys[0])):
         logits = F.normalize(q, dim=1) @ key.T / tau
@@ -137,11 +141,11 @@ def _mocov3(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable
     return torch.cat(log_probs)
 
 
-def _nnclr(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
-           record: StepRecord, tau: float) -> Tensor:
+def _nnclr(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
+           tau: float) -> Tensor:
     # The positive of the prediction p of one view is the support-set neighbour of the other
     # view's embedding, found from the unweighted embeddings (a constant, as in NNCLR's step).
-    neighbours = record.constants["nnclr_neighbours"]
+    neighbours = record.cached("nnclr_neighbours", lambda: _nnclr_neighbours(module, record))
     log_probs = []
     for nn_other, out in ((neighbours[0], outputs[1]), (neighbours[1], outputs[0])):
         logits = F.normalize(nn_other, dim=-1) @ F.normalize(out["p"], dim=-1).T / tau
@@ -149,10 +153,11 @@ def _nnclr(module: nn.Module, outputs: List[Dict[str, Any]], momentum: Callable,
     return torch.cat(log_probs)
 
 
-def nnclr_neighbours(module: nn.Module, plain_outputs: Sequence[Dict[str, Any]]) -> List[Tensor]:
+@torch.no_grad()
+def _nnclr_neighbours(module: nn.Module, record: StepRecord) -> List[Tensor]:
     """NNCLR's support-set neighbours of the plain (unweighted) embeddings of the two views."""
-    with torch.no_grad():
-        return [module.find_nn(out["z"].detach())[1] for out in plain_outputs[:2]]
+    plain = method_outputs(module, record, [f.detach() for f in record.feats])
+    return [module.find_nn(out["z"])[1] for out in plain[:2]]
 
 
 ADAPTERS: Dict[str, MethodAdapter] = {}
@@ -218,11 +223,3 @@ def adapter_for(name: str, method_cls: type) -> Tuple[Optional[MethodAdapter], s
     if name in ADAPTERS:
         return ADAPTERS[name], "in the table"
     return derive_adapter(name, method_cls)
-
-
-def constants_for(name: str, module: nn.Module, plain_outputs: Callable[[], List[Mapping]]
-                  ) -> Dict[str, Any]:
-    """Unweighted quantities the mixture readings hold fixed, computed without side effects."""
-    if name == "nnclr":
-        return {"nnclr_neighbours": nnclr_neighbours(module, plain_outputs())}
-    return {}

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Mapping, Tuple
 
 import timm
 import torch

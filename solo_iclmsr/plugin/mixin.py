@@ -193,19 +193,10 @@ class ICLMSRMixin:
                 return replay.method_loss(self, self._iclmsr_method_cls, record, views)
         else:
             adapter, tau = self._iclmsr_adapter, self._iclmsr_adapter.tau_msr(self, self.iclmsr.tau_msr)
-            if "constants" not in record.constants:
-                record.constants.update(adapters.constants_for(
-                    adapter.name, self, lambda: replay.method_outputs(self, record, record.feats)))
-                record.constants["constants"] = True
-
-            def momentum() -> List[Dict[str, Any]]:
-                if "momentum" not in record.constants:
-                    record.constants["momentum"] = replay.momentum_outputs(self, record)
-                return record.constants["momentum"]
 
             def stratum_loss(views: List[Tensor]) -> Tensor:
                 outputs = replay.method_outputs(self, record, views)
-                return adapter.positive_log_probs(self, outputs, momentum, record, tau)
+                return adapter.positive_log_probs(self, outputs, record, tau)
         return msr_loss(stratum_loss, feats, weights, self.msr_form)
 
     def _theta(self) -> Tuple[nn.Module, Dict[str, nn.Parameter]]:

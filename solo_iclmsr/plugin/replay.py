@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -62,7 +62,8 @@ class StepRecord:
         feats: the online backbone's output for every crop, in solo's order (with graph).
         momentum_feats: the momentum backbone's output for every large crop (no graph).
         state: the method's buffers (queues, centres, ...) before its loss code ran.
-        constants: quantities the adapters hold fixed (filled lazily, see ``adapters``).
+        constants: quantities ICL-MSR's terms hold fixed, computed once per step when first
+            needed (``cached``): the momentum branch's outputs, NNCLR's neighbours.
     """
 
     batch: Sequence[Any]
@@ -71,6 +72,12 @@ class StepRecord:
     momentum_feats: List[Tensor] = field(default_factory=list)
     state: Dict[str, Tensor] = field(default_factory=dict)
     constants: Dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``constants[key]``, computed by ``compute()`` the first time."""
+        if key not in self.constants:
+            self.constants[key] = compute()
+        return self.constants[key]
 
     @property
     def views(self) -> List[Tensor]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from plugin_kit import BATCH, build, method_cfg, quiet
+from plugin_kit import BATCH, build, quiet
 from solo.methods import METHODS
 
 from solo_iclmsr.core import info_nce_log_prob
