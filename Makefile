@@ -59,6 +59,7 @@ test-upstream: install
 bench: install
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/augment.py
+	$(PY) benchmarks/epoch_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

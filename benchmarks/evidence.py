@@ -1,7 +1,7 @@
 """Evidence for ICL-MSR: one command regenerates every table and plot of
 ``benchmarks/results/evidence.md``.
 
-    python benchmarks/evidence.py --scale cpu --out /tmp/evidence-runs --jobs 2
+    python benchmarks/evidence.py --scale cpu --out runs/evidence --jobs 2
     python benchmarks/evidence.py --scale cpu --only options --methods simclr --rhos 0.95
     python benchmarks/evidence.py --scale cpu --only motivation,strata --masks coco \\
         --annotations coco/annotations/instances_val2017.json --image-root coco/val2017
@@ -1136,7 +1136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of the masked set held out for testing")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
-    p.add_argument("--out", default="/tmp/evidence-runs", help="folder of the runs")
+    p.add_argument("--out", default="runs/evidence", help="folder of the runs")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
                    help="folder of evidence.md, its PNGs and evidence_runs.json")
     p.add_argument("--report-only", action="store_true", help="no training: tables from --out")

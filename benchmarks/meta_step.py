@@ -19,10 +19,8 @@ Config (the benchmark config): timm resnet18 with the CIFAR stem (3x3 conv strid
 L_msr, f_msr at its defaults (4 conv-BN-ReLU blocks of width 64) with Adam. The real optimizer is
 solo-learn's SimCLR recipe: LARS (momentum 0.9, eta 0.02, clip_lr, exclude_bias_n_norm, weight
 decay 1e-4), lr 0.4 * batch / 256 with a warm-up cosine schedule; the virtual step is ``sgd``
-with alpha = lr unless ``--virtual-step optimizer``. LARS is solo-learn's own class when the
-installed solo-learn has ``solo/utils/lars.py`` (loaded from that file alone, without importing
-the package), else ``LocalLARS`` below, written to the same semantics. Data: the project's
-built-in dataset (``solo_iclmsr.data.load_builtin``), two random resized crops (scale 0.4-1)
+with alpha = lr unless ``--virtual-step optimizer``. LARS is solo-learn's own class. Data: the
+project's built-in dataset (``solo_iclmsr.data.load_builtin``), two random resized crops (scale 0.4-1)
 with horizontal flips made in torch; f_msr reads the un-augmented image.
 
 Time: all arms are built in one process and timed interleaved: in each round every arm runs one
@@ -63,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -174,69 +171,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 # The recipe's optimizer and schedule
 # --------------------------------------------------------------------------------------------
 
-class LocalLARS(torch.optim.Optimizer):
-    """LARS with solo-learn's semantics: for a parameter that is not excluded (1-d parameters
-    are excluded when ``exclude_bias_n_norm``) and whose norm and gradient norm are non-zero,
-    d = (g + wd p) * r with the trust ratio r = eta ||p|| / (||g|| + wd ||p|| + eps), and
-    r <- min(r / lr, 1) when ``clip_lr``; an excluded parameter takes d = g (no weight decay).
-    Then SGD momentum (buffer = d on the first step, then mu buffer + (1 - dampening) d;
-    Nesterov optional) and p <- p - lr * d."""
-
-    def __init__(self, params: Any, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, eta: float = 1e-3,
-                 eps: float = 1e-8, clip_lr: bool = False,
-                 exclude_bias_n_norm: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov, eta=eta,
-                                      eps=eps, clip_lr=clip_lr,
-                                      exclude_bias_n_norm=exclude_bias_n_norm))
-
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                scaled = p.ndim != 1 or not group["exclude_bias_n_norm"]
-                p_norm, g_norm = p.norm(), d.norm()
-                if scaled and p_norm != 0 and g_norm != 0:
-                    ratio = group["eta"] * p_norm / (g_norm + wd * p_norm + group["eps"])
-                    if group["clip_lr"]:
-                        ratio = torch.clamp(ratio / lr, max=1.0)
-                    d = (d + wd * p) * ratio
-                if mu != 0:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d.detach().clone()
-                    else:
-                        state["momentum_buffer"].mul_(mu).add_(d, alpha=1 - group["dampening"])
-                    buf = state["momentum_buffer"]
-                    d = d + mu * buf if group["nesterov"] else buf
-                p.add_(d, alpha=-lr)
-        return loss
-
-
 def lars_class() -> Tuple[type, str]:
-    """solo-learn's LARS class, read from the installed ``solo/utils/lars.py`` alone (importing
-    ``solo`` pulls in Lightning and the whole package), else ``LocalLARS``."""
-    try:
-        spec = importlib.util.find_spec("solo")
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / "utils" / "lars.py"
-            module_spec = importlib.util.spec_from_file_location("_solo_lars", path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-            return module.LARS, f"solo-learn's LARS ({path})"
-    except Exception as error:  # any failure: use the local copy
-        return LocalLARS, f"LocalLARS (solo-learn's LARS unavailable: {error!r})"
-    return LocalLARS, "LocalLARS (solo-learn not installed)"
+    """solo-learn's LARS (the optimizer of its recipes) and how the report names it."""
+    from solo.utils.lars import LARS
+
+    return LARS, "solo-learn's LARS (solo.utils.lars)"
 
 
 def recipe_lr(batch: int) -> float:
