@@ -5,7 +5,6 @@ import copy
 import math
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from solo_iclmsr.data.augment import (
     mean_std,
 )
 from solo_iclmsr.data.builtin import BuiltinSpec, generate_builtin
+from solo_source import SKIP_REASON, solo_source
 
 OPS = ("color_jitter", "grayscale", "gaussian_blur", "solarization", "equalization", "horizontal_flip")
 
@@ -38,8 +38,6 @@ SIMCLR_CIFAR = {
     "num_crops": 2,
 }
 
-# solo-learn's augmentation files of the pinned snapshot (extracted from the vendored archive).
-SOLO_PRETRAIN_SCRIPTS = Path("/tmp/solo/solo-learn-9187ea3/scripts/pretrain")
 
 # Identity normalisation for a dataset solo-learn does not know (its rule: the entry's mean/std).
 PLAIN = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -228,10 +226,10 @@ def test_views_match_solo_pipeline_shapes_dtypes_ranges():
      ("imagenet-100/augmentations/asymmetric.yaml", "imagenet100", 64, 64)],
 )
 def test_views_of_solo_shipped_augmentation_files(name, dataset, image_size, n_images):
-    path = SOLO_PRETRAIN_SCRIPTS / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: solo-learn's source is not extracted to {SOLO_PRETRAIN_SCRIPTS.parent.parent}")
-    cfg = OmegaConf.load(path)
+    source = solo_source()
+    if source is None:
+        pytest.skip(SKIP_REASON)
+    cfg = OmegaConf.load(source / "scripts" / "pretrain" / name)
     aug = build_multiview_augmentation(cfg, dataset)
     # crop sizes, counts, crop scales and per-op probabilities as the file says
     assert aug.num_crops == [e.num_crops for e in cfg] and aug.crop_sizes == [e.crop_size for e in cfg]
