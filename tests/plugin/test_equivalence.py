@@ -28,10 +28,9 @@ def _original(name, variant):
     return quiet(original)
 
 
-@pytest.mark.parametrize("name", ["simclr", "byol", "vicreg", "nnclr", "mocov2plus", "dino"])
-def test_disabled_variant_is_the_original_method(name):
-    variant = quiet(build(name, iclmsr={"enabled": False}, backbone="resnet18"))
-    assert not hasattr(variant, "msr")
+def _step_both(name, variant):
+    """One training step of the variant and of solo's own class with the same weights, batch and
+    random state: (batch, variant's loss, original's loss, the original)."""
     original = _original(name, variant)
     variant.train(), original.train()
     batch = _views_batch()
@@ -39,6 +38,14 @@ def test_disabled_variant_is_the_original_method(name):
     loss_variant = variant.training_step(batch, 0)
     torch.manual_seed(7)
     loss_original = original.training_step(batch, 0)
+    return batch, loss_variant, loss_original, original
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "vicreg", "nnclr", "mocov2plus", "dino"])
+def test_disabled_variant_is_the_original_method(name):
+    variant = quiet(build(name, iclmsr={"enabled": False}, backbone="resnet18"))
+    assert not hasattr(variant, "msr")
+    _, loss_variant, loss_original, original = _step_both(name, variant)
     assert torch.allclose(loss_variant, loss_original, atol=1e-6, rtol=0)
     for (n, a), (_, b) in zip(variant.named_buffers(), original.named_buffers()):
         assert torch.allclose(a, b, atol=1e-6), n
@@ -50,11 +57,7 @@ def test_enabled_variant_adds_lambda_times_the_backdoor_loss(lam):
     L_msr = -mean_{i,j} log((1/n) sum_t P_t(i,j)), P_t the NT-Xent probability of the positive on
     sqrt(c) a_t-weighted pooled features, negatives from the same stratum."""
     variant = quiet(build("simclr", iclmsr={"lambda_msr": lam, "n_strata": 3}, backbone="resnet18"))
-    original = _original("simclr", variant)
-    variant.train(), original.train()
-    batch = _views_batch()
-    loss_variant = variant.training_step(batch, 0)
-    loss_original = original.training_step(batch, 0)
+    batch, loss_variant, loss_original, _ = _step_both("simclr", variant)
     with torch.no_grad():
         raw = batch[1][0]  # no raw image in this batch: f_msr reads the first large crop
         a = variant.msr(raw)  # (B, n, c)
@@ -77,11 +80,7 @@ def test_the_weighting_is_the_identity_for_uniform_strata():
     c = variant.features_dim
     variant.msr.forward = lambda raw=None, features=None: torch.full(
         (raw.shape[0], variant.iclmsr.n_strata, c), 1 / math.sqrt(c))
-    original = _original("simclr", variant)
-    variant.train(), original.train()
-    batch = _views_batch()
-    loss_variant = variant.training_step(batch, 0)
-    loss_original = original.training_step(batch, 0)
+    batch, loss_variant, loss_original, _ = _step_both("simclr", variant)
     # solo's loss adds the online classifier's; L_msr equals the NT-Xent part alone.
     with torch.no_grad():
         z = [F.normalize(variant.projector(variant.backbone(v)), dim=-1) for v in batch[1]]
