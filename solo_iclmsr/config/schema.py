@@ -66,12 +66,18 @@ class BuiltinDataConfig:
 @dataclass
 class DiagnosticsConfig:
     """``diagnostics``: the strata probe, run on held-out images at the end of every
-    ``every_n_epochs`` epochs (``plugin/callbacks.py``).
+    ``every_n_epochs`` epochs (``plugin/callbacks.py``), and the gradient diagnostics of the
+    training step every ``every_n_steps`` steps (``plugin/mixin.py``).
 
     Attributes:
         enabled: run the probe (only with ``iclmsr.enabled``).
         every_n_epochs: period of the probe in epochs.
         images: number of probe images.
+        every_n_steps: period in optimizer steps of the gradient diagnostics (0: off): the
+            cosine between grad L_msr and grad L_ct on the batch and, on steps with a meta step,
+            the first-order (alignment) term of the meta-gradient against the rest (ICLMSR.md
+            section 8). Costs two backward passes of the stage-1 graph and one directional
+            derivative on those steps.
         masks: where foreground masks come from for the foreground share: ``null`` (the built-in
             dataset has its own; other datasets then get no foreground share), ``coco`` (a COCO
             instances JSON) or ``folder`` (mask PNGs beside the images, or in ``masks_root``).
@@ -84,6 +90,7 @@ class DiagnosticsConfig:
     enabled: bool = True
     every_n_epochs: int = 1
     images: int = 256
+    every_n_steps: int = 50
     masks: Optional[str] = None
     annotations: Optional[str] = None
     image_root: Optional[str] = None
@@ -95,6 +102,9 @@ class DiagnosticsConfig:
             if getattr(self, key) < 1:
                 raise ValueError(f"diagnostics.{key}={getattr(self, key)!r} is invalid: expected "
                                  f"an integer >= 1.")
+        if self.every_n_steps < 0:
+            raise ValueError(f"diagnostics.every_n_steps={self.every_n_steps!r} is invalid: "
+                             f"expected an integer >= 0 (0: off).")
         if self.masks is not None and self.masks not in MASK_SOURCES:
             raise ValueError(f"diagnostics.masks={self.masks!r} is invalid: expected null or one "
                              f"of {', '.join(MASK_SOURCES)}.")

@@ -17,19 +17,22 @@ Typical use inside a training step (interleaved schedule)::
 """
 
 from .diagnostics import (StrataDiagnostics, effective_channels, foreground_channels,
-                          foreground_share, strata_diagnostics, variance_explained)
+                          foreground_share, gradient_cosine, strata_diagnostics,
+                          variance_explained)
 from .losses import (HeadLoss, StratumLoss, info_nce, info_nce_log_prob, infonce_head_loss,
                      mixture_of_log_probs, msr_loss, strata, uniformity_loss)
 from .meta_step import (MetaStepResult, PlainGrads, collect_grads, frozen_batch_norm, meta_step,
                         resolve_alpha, total_loss)
 from .options import ICLMSROptions
-from .regularizer import (MetaSemanticRegularizer, channel_weights, pooled_weighted_features,
-                          weight_features, weighted_views)
+from .regularizer import (FixedStrata, MetaSemanticRegularizer, build_strata, channel_weights,
+                          pooled_weighted_features, weight_features, weighted_views)
 from .virtual_step import VirtualStep, optimizer_step, sgd_step
 
 __all__ = [
     "ICLMSROptions",
     "MetaSemanticRegularizer",
+    "FixedStrata",
+    "build_strata",
     "channel_weights",
     "weight_features",
     "weighted_views",
@@ -59,4 +62,5 @@ __all__ = [
     "variance_explained",
     "foreground_channels",
     "foreground_share",
+    "gradient_cosine",
 ]

@@ -14,12 +14,16 @@ every image. These statistics tell the two apart; all take A_s (B, n, c) with un
   many groups would explain on average ((K - 1) / (N - 1)).
 * ``foreground_channels`` / ``foreground_share``: where masks exist, the channels that respond
   more to the foreground than to the background, and the share of a_t's weight on them.
+
+And one statistic of the training signal: ``gradient_cosine``, the cosine between two gradients
+over the same parameters (ICLMSR.md section 8: to first order, the meta objective rewards f_msr
+for aligning grad L_msr with grad L_ct on the batch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,7 @@ __all__ = [
     "variance_explained",
     "foreground_channels",
     "foreground_share",
+    "gradient_cosine",
 ]
 
 
@@ -129,3 +134,14 @@ def foreground_share(weights: Tensor, fg_channels: Tensor) -> Tensor:
     A uniform a_t gives the fraction of such channels, ``fg_channels.float().mean()``."""
     w = weights.abs()
     return (w * fg_channels.to(w.dtype)).sum(-1) / w.sum(-1).clamp_min(1e-12)
+
+
+def gradient_cosine(first: Sequence[Optional[Tensor]], second: Sequence[Optional[Tensor]],
+                    params: Sequence[Tensor]) -> Tensor:
+    """Cosine between two gradients of the same parameters, each a sequence of per-parameter
+    tensors (``None`` for an unused parameter counts as zeros); 0 when either is zero."""
+    def flat(grads: Sequence[Optional[Tensor]]) -> Tensor:
+        return torch.cat([(torch.zeros_like(p) if g is None else g.detach()).reshape(-1).float()
+                          for g, p in zip(grads, params)])
+
+    return F.cosine_similarity(flat(first), flat(second), dim=0, eps=1e-30)

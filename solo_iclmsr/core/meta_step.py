@@ -78,8 +78,10 @@ gradients left in ``.grad`` are averaged across ranks by the caller like any oth
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Callable, Collection, Dict, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import torch
 import torch.nn.functional as F
@@ -109,13 +111,19 @@ class MetaStepResult:
     """What one meta step measured (detached tensors: no device synchronisation is forced).
 
     Attributes:
-        meta_loss: M = L_ct(theta') + gamma * L_uni(A).
+        meta_loss: M = L_ct(theta') + gamma * L_uni(A) (``meta_grad: none``: gamma * L_uni).
         ct_virtual: L_ct(theta'), the plain loss after the virtual step (``linearized``: its
-            first-order estimate L_ct(theta) + v0 . (theta' - theta)).
+            first-order estimate L_ct(theta) + v0 . (theta' - theta); ``none``: NaN).
         uni: L_uni(A).
         grad_norm: L2 norm of dM/dphi, the meta-gradient added to f_msr's ``.grad``.
         ct_grad_norm: L2 norm of its L_ct(theta') part, dL_ct(theta')/dphi.
         uni_grad_norm: L2 norm of its L_uni part, gamma * dL_uni/dphi.
+        first_order_grad_norm: with ``diagnose``: norm of the first-order (alignment) term of
+            the L_ct(theta') part, d/dphi of -<v0, (dU/dg) g(A)> with v0 = grad L_ct(theta)
+            (for the SGD step: alpha lambda d/dphi <grad L_ct, grad L_msr(A)>, up to sign).
+        first_order_cos: with ``diagnose``: cosine between that term and the L_ct(theta') part.
+        curvature_grad_norm: with ``diagnose``: norm of the rest (L_ct(theta') part minus the
+            first-order term): what the curvature of L_ct between theta and theta' adds.
     """
 
     meta_loss: Tensor
@@ -124,6 +132,9 @@ class MetaStepResult:
     grad_norm: Tensor
     ct_grad_norm: Tensor
     uni_grad_norm: Tensor
+    first_order_grad_norm: Optional[Tensor] = None
+    first_order_cos: Optional[Tensor] = None
+    curvature_grad_norm: Optional[Tensor] = None
 
 
 @dataclass
@@ -221,24 +232,29 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
               alpha: Optional[float] = None, *, virtual_step: Optional[VirtualStep] = None,
               stage1_grads: Optional[Mapping[str, Optional[Tensor]]] = None,
               plain_grads: Optional[PlainGrads] = None, weights: Optional[Tensor] = None,
-              raw_features: Optional[Tensor] = None) -> MetaStepResult:
+              raw_features: Optional[Tensor] = None,
+              encoder_params: Optional[Collection[str]] = None,
+              subset_loss: Optional[Callable[[Tensor], HeadLoss]] = None,
+              generator: Optional[torch.Generator] = None,
+              diagnose: bool = False) -> MetaStepResult:
     """One meta step: add dM/dphi of M = L_ct(theta') + gamma * L_uni(A) to f_msr's ``.grad``.
 
     Args:
         encoder: f, mapping one view (B, 3, H, W) to its feature output Z: a map (B, c, h, w),
-            tokens (B, L, c) or pooled (B, c).
+            tokens (B, L, c) or pooled (B, c). With ``iclmsr.meta_stages`` it is the tail of f
+            (its last stages), and ``views`` are the activations entering it.
         head: the module whose parameters are theta_h (e.g. an ``nn.ModuleDict`` of projector
             and predictor). ``head_loss`` must reach theta_h only through this module.
         regularizer: f_msr (e.g. ``MetaSemanticRegularizer``).
-        views: the augmented views of the batch, one tensor per view.
+        views: the inputs of ``encoder`` for the batch, one tensor per view, images in dim 0.
         raw: the raw, un-augmented images (B, 3, H, W) (f_msr's input).
         head_loss: ``head_loss(features, weights) -> (L_ct, L_msr)``; ``features`` has one tensor
             per view, ``weights`` is A_s (B, n, c) or ``None`` (then L_msr is 0 and L_ct is the
             method's plain loss). It may close over constants (momentum-branch targets, queues read
             without side effects).
-        options: ``meta_grad``, ``exact_impl``, ``meta_params``, ``lambda_msr``, ``gamma_uni``,
-            ``uni_t``, ``uni_over``, ``fd_epsilon`` and ``virtual_step`` are read; ``meta_every``
-            and ``schedule`` are for the loop.
+        options: ``meta_grad``, ``exact_impl``, ``meta_params``, ``meta_batch``, ``lambda_msr``,
+            ``gamma_uni``, ``uni_t``, ``uni_over``, ``fd_epsilon`` and ``virtual_step`` are
+            read; ``meta_every``, ``schedule`` and ``strata`` are for the caller.
         alpha: rate of the paper's SGD virtual step (``resolve_alpha``); ignored when
             ``virtual_step`` is given.
         virtual_step: U of equation (1), e.g. ``optimizer_step(optimizer, params)``; required by
@@ -248,10 +264,18 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
             ``None`` entries count as zero. Ignored by ``exact_impl: double_backward``, which needs
             the graph of that gradient.
         plain_grads: L_ct(theta) and its gradient on this batch, for ``meta_grad: linearized``
-            (computed here when not given).
+            and ``diagnose`` (computed here when not given).
         weights: A_s = regularizer(raw) computed by the caller with its graph (saves a second
             forward of f_msr when stage 1 already computed it); ``None`` computes it here.
         raw_features: the encoder's feature map of ``raw``, for a regularizer that reads it.
+        encoder_params: names (as in ``encoder.named_parameters()``) of the encoder's parameters
+            the virtual step moves; ``None``: all that require grad. The others are constants.
+        subset_loss: ``subset_loss(index)`` is ``head_loss`` on the images ``index`` of the batch
+            only (``meta_batch``); ``None`` when ``head_loss`` depends on nothing but the
+            features and weights it is given (as ``infonce_head_loss``).
+        generator: draws the sub-batches of ``meta_batch``.
+        diagnose: also measure the first-order (alignment) term of the L_ct(theta') part, see
+            ``MetaStepResult``: one more directional derivative.
 
     Returns:
         ``MetaStepResult``.
@@ -267,7 +291,7 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
     if not reg_params:
         raise ValueError("meta_step: the regularizer has no parameter that requires grad.")
 
-    enc_params = {} if options.meta_params == "head" else _trainable(encoder)
+    enc_params = {} if options.meta_params == "head" else _trainable(encoder, encoder_params)
     head_params = _trainable(head)
     if weights is None:
         with torch.enable_grad():
@@ -276,17 +300,24 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
         raise ValueError("meta_step: weights must carry the graph of regularizer(raw); do not pass "
                          "a detached A_s.")
 
-    fn = _Functional(encoder, head, head_loss)
+    fn = _Functional(encoder, head, head_loss, subset_loss)
+    first_part = None
     with frozen_batch_norm(encoder, head), torch.enable_grad():
-        if options.meta_grad == "second_order" and options.exact_impl == "double_backward":
+        if options.meta_grad == "none":  # an ablation: no L_ct(theta') term
+            ct_virtual, ct_part = weights.new_full((), float("nan")), (None,) * len(reg_params)
+        elif options.meta_grad == "second_order" and options.exact_impl == "double_backward":
             ct_virtual, ct_part = _double_backward(fn, views, options, virtual_step, enc_params,
                                                    head_params, weights, reg_params)
         else:
-            ct_virtual, grad_weights = _weight_grad(fn, views, options, virtual_step, enc_params,
-                                                    head_params, weights.detach(), stage1_grads,
-                                                    plain_grads)
-            ct_part = torch.autograd.grad((weights * grad_weights).sum(), reg_params,
+            batches = _SubBatches.draw(views[0].shape[0], options, generator, weights.device)
+            grads = _weight_grad(fn, views, options, virtual_step, enc_params, head_params,
+                                 weights.detach(), stage1_grads, plain_grads, batches, diagnose)
+            ct_virtual = grads.ct_virtual
+            ct_part = torch.autograd.grad((weights * grads.d_weights).sum(), reg_params,
                                           retain_graph=True, allow_unused=True)
+            if grads.first_order is not None:
+                first_part = torch.autograd.grad((weights * grads.first_order).sum(), reg_params,
+                                                 retain_graph=True, allow_unused=True)
         uni_graph = uniformity_loss(weights, options.uni_t, options.uni_over)
         if options.gamma_uni > 0 and uni_graph.requires_grad:
             uni_part = torch.autograd.grad(options.gamma_uni * uni_graph, reg_params,
@@ -309,28 +340,79 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
         else:
             p.grad.add_(g)
     uni = uni_graph.detach()
-    return MetaStepResult(meta_loss=ct_virtual + options.gamma_uni * uni, ct_virtual=ct_virtual,
-                          uni=uni, grad_norm=sq["all"].sqrt(), ct_grad_norm=sq["ct"].sqrt(),
-                          uni_grad_norm=sq["uni"].sqrt())
+    result = MetaStepResult(
+        meta_loss=(zero if options.meta_grad == "none" else ct_virtual) + options.gamma_uni * uni,
+        ct_virtual=ct_virtual, uni=uni, grad_norm=sq["all"].sqrt(), ct_grad_norm=sq["ct"].sqrt(),
+        uni_grad_norm=sq["uni"].sqrt())
+    if first_part is not None:
+        exact, first = _flat(ct_part, reg_params), _flat(first_part, reg_params)
+        result.first_order_grad_norm = first.norm()
+        result.first_order_cos = F.cosine_similarity(first, exact, dim=0, eps=1e-30)
+        result.curvature_grad_norm = (exact - first).norm()
+    return result
+
+
+def _flat(grads: Sequence[Optional[Tensor]], like: Sequence[Tensor]) -> Tensor:
+    """One vector of per-parameter gradients (``None`` as zeros)."""
+    return torch.cat([(torch.zeros_like(p) if g is None else g.detach()).reshape(-1)
+                      for g, p in zip(grads, like)])
 
 
 # --------------------------------------------------------------------------------------------
 # The A-gradient of L_ct(theta'(A)) (jvp, finite-difference and linearized paths)
 # --------------------------------------------------------------------------------------------
 
+@dataclass
+class _SubBatches:
+    """The images of the batch each part of the meta objective reads (``meta_batch``): ``v`` for
+    the pass at theta' (v = grad L_ct(theta')), ``jvp`` for the directional derivative of
+    L_msr. Two independent uniform draws without replacement, so that the product of the two
+    estimates is unbiased for losses that are means over images; ``None``: the whole batch."""
+
+    size: int
+    v: Optional[Tensor] = None
+    jvp: Optional[Tensor] = None
+
+    @classmethod
+    def draw(cls, batch_size: int, options: ICLMSROptions, generator: Optional[torch.Generator],
+             device: torch.device) -> "_SubBatches":
+        size = options.meta_batch_size(batch_size)
+        if size >= batch_size:
+            return cls(batch_size)
+        draw = lambda: torch.randperm(batch_size, generator=generator)[:size].sort().values  # noqa: E731
+        return cls(size, draw().to(device), draw().to(device))
+
+
+def _rows(tensors: Optional[Sequence[Tensor]], index: Optional[Tensor]) -> Optional[List[Tensor]]:
+    if tensors is None or index is None:
+        return None if tensors is None else list(tensors)
+    return [t[index] for t in tensors]
+
+
+@dataclass
+class _WeightGrads:
+    """dL_ct(theta')/dA (``d_weights``), L_ct(theta') and, with ``diagnose``, the first-order
+    term's dA (``first_order``)."""
+
+    ct_virtual: Tensor
+    d_weights: Tensor
+    first_order: Optional[Tensor] = None
+
+
 def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
                  virtual_step: VirtualStep, enc_params: ParamDict, head_params: ParamDict,
                  weights: Tensor, stage1_grads: Optional[Mapping[str, Optional[Tensor]]],
-                 plain_grads: Optional[PlainGrads]) -> Tuple[Tensor, Tensor]:
-    """Returns (L_ct(theta'), dL_ct(theta')/dA) with A = ``weights`` (detached), equation (3)
-    without the L_uni term."""
+                 plain_grads: Optional[PlainGrads], batches: _SubBatches,
+                 diagnose: bool) -> _WeightGrads:
+    """L_ct(theta') and dL_ct(theta')/dA with A = ``weights`` (detached): equation (3) without
+    the L_uni term, on the sub-batches of ``batches``."""
     theta = {**_prefixed("encoder.", enc_params), **_prefixed("head.", head_params)}
     fixed_features = None
     if not enc_params:  # meta_params: head, or an encoder without trainable parameters
         with torch.no_grad():
             fixed_features = [fn.encode({}, x) for x in views]
 
-    # g = grad_theta L_to(theta, A): reused from stage 1 or computed here.
+    # g = grad_theta L_to(theta, A) on the whole batch: reused from stage 1 or computed here.
     if stage1_grads is not None:
         g = _lookup(stage1_grads, theta, "stage1_grads")
     else:
@@ -343,39 +425,87 @@ def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
     g_leaf = {k: t.detach().requires_grad_() for k, t in g.items()}
     virtual = virtual_step(base, g_leaf)
     del g
+    plain = None
+    if options.meta_grad == "linearized" or diagnose:
+        plain = _plain(fn, views, theta, fixed_features, plain_grads)
     if options.meta_grad == "linearized":
-        if plain_grads is None:
-            features = fixed_features or [fn.encode({}, x) for x in views]
-            l_plain, _ = fn.head({}, features, None)
-            v, l_plain = _grad_dict(l_plain, theta), l_plain.detach()
-        else:
-            v, l_plain = _lookup(plain_grads.grads, theta, "plain_grads"), plain_grads.loss.detach()
+        l_plain, v = plain
         ct_virtual = l_plain + sum(((virtual[k].detach() - base[k]) * v[k]).sum() for k in theta)
     else:
-        # v = grad L_ct at theta' (L_ct is the plain loss).
-        virtual_leaf = {k: t.detach().requires_grad_() for k, t in virtual.items()}
-        features = fixed_features
-        if features is None:
-            enc_virtual = _unprefixed("encoder.", virtual_leaf)
-            features = [fn.encode(enc_virtual, x) for x in views]
-        ct_virtual, _ = fn.head(_unprefixed("head.", virtual_leaf), features, None)
-        v = _grad_dict(ct_virtual, virtual_leaf)
-        ct_virtual = ct_virtual.detach()
-        del virtual_leaf, features  # parameter-sized tensors no longer needed: lower peak memory
-    names = [k for k in theta if virtual[k].requires_grad]
-    w = dict.fromkeys(theta)
-    if names:
-        vjp = torch.autograd.grad([virtual[k] for k in names], [g_leaf[k] for k in names],
-                                  grad_outputs=[v[k] for k in names], allow_unused=True)
-        w.update(zip(names, vjp))
-    w = {k: torch.zeros_like(theta[k]) if t is None else t.detach() for k, t in w.items()}
-    del virtual, g_leaf, v
+        ct_virtual, v = _virtual_gradient(fn, views, virtual, fixed_features, batches.v)
+    pullback = _Pullback(theta, virtual, g_leaf)
+    w = pullback(v)
+    w_first = w if options.meta_grad == "linearized" else (pullback(plain[1]) if diagnose else None)
+    # parameter-sized tensors no longer needed: lower peak memory
+    del v, plain, pullback, virtual, g_leaf
+    zeros = torch.zeros_like(weights)
     if options.lambda_msr == 0:
-        return ct_virtual, torch.zeros_like(weights)
+        return _WeightGrads(ct_virtual, zeros, zeros if diagnose else None)
 
-    d_weights = _directional_weight_grad(fn, views, options, enc_params, head_params, w, weights,
-                                         fixed_features)
-    return ct_virtual, d_weights
+    sub_fn = fn.subset(batches.jvp)
+    sub_views = _rows(views, batches.jvp)
+    sub_fixed = _rows(fixed_features, batches.jvp)
+    sub_weights = weights if batches.jvp is None else weights[batches.jvp]
+
+    def expand(d: Tensor) -> Tensor:  # rows of the sub-batch back into the batch
+        if batches.jvp is None:
+            return d
+        full = torch.zeros_like(weights)
+        full[batches.jvp] = d
+        return full
+
+    d_weights = expand(_directional_weight_grad(sub_fn, sub_views, options, enc_params,
+                                                head_params, w, sub_weights, sub_fixed))
+    first_order = None
+    if diagnose:
+        first_order = d_weights if w_first is w else expand(_directional_weight_grad(
+            sub_fn, sub_views, options, enc_params, head_params, w_first, sub_weights, sub_fixed))
+    return _WeightGrads(ct_virtual, d_weights, first_order)
+
+
+def _plain(fn: "_Functional", views: List[Tensor], theta: ParamDict,
+           fixed_features: Optional[List[Tensor]], plain_grads: Optional[PlainGrads]
+           ) -> Tuple[Tensor, ParamDict]:
+    """L_ct(theta) and v0 = grad_theta L_ct(theta) on the whole batch: given, or computed."""
+    if plain_grads is not None:
+        return plain_grads.loss.detach(), _lookup(plain_grads.grads, theta, "plain_grads")
+    features = fixed_features or [fn.encode({}, x) for x in views]
+    l_plain, _ = fn.head({}, features, None)
+    return l_plain.detach(), _grad_dict(l_plain, theta)
+
+
+def _virtual_gradient(fn: "_Functional", views: List[Tensor], virtual: ParamDict,
+                      fixed_features: Optional[List[Tensor]], index: Optional[Tensor]
+                      ) -> Tuple[Tensor, ParamDict]:
+    """L_ct(theta') and v = grad L_ct at theta' (the plain loss), on the images ``index``."""
+    sub_fn = fn.subset(index)
+    virtual_leaf = {k: t.detach().requires_grad_() for k, t in virtual.items()}
+    features = _rows(fixed_features, index)
+    if features is None:
+        enc_virtual = _unprefixed("encoder.", virtual_leaf)
+        features = [sub_fn.encode(enc_virtual, x) for x in _rows(views, index)]
+    ct_virtual, _ = sub_fn.head(_unprefixed("head.", virtual_leaf), features, None)
+    v = _grad_dict(ct_virtual, virtual_leaf)
+    return ct_virtual.detach(), v
+
+
+class _Pullback:
+    """w = (dU/dg)^T v: the vector-Jacobian product of the virtual step U (equation (3))."""
+
+    def __init__(self, theta: ParamDict, virtual: ParamDict, g_leaf: ParamDict) -> None:
+        self.theta, self.virtual, self.g_leaf = theta, virtual, g_leaf
+        self.names = [k for k in theta if virtual[k].requires_grad]
+
+    def __call__(self, v: ParamDict) -> ParamDict:
+        w = dict.fromkeys(self.theta)
+        if self.names:
+            vjp = torch.autograd.grad([self.virtual[k] for k in self.names],
+                                      [self.g_leaf[k] for k in self.names],
+                                      grad_outputs=[v[k] for k in self.names],
+                                      allow_unused=True, retain_graph=True)
+            w.update(zip(self.names, vjp))
+        return {k: torch.zeros_like(self.theta[k]) if t is None else t.detach()
+                for k, t in w.items()}
 
 
 def _directional_weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
@@ -558,8 +688,16 @@ def _lookup(grads: Mapping[str, Optional[Tensor]], theta: ParamDict, what: str) 
     return {k: _zero_if_none(grads[k], p) for k, p in theta.items()}
 
 
-def _trainable(module: nn.Module) -> ParamDict:
-    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+def _trainable(module: nn.Module, names: Optional[Collection[str]] = None) -> ParamDict:
+    """The parameters of ``module`` that require grad (among ``names``, when given)."""
+    params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    if names is None:
+        return params
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"meta_step: encoder_params names {unknown[0]!r}, which is not a "
+                         f"trainable parameter of the encoder.")
+    return {n: p for n, p in params.items() if n in set(names)}
 
 
 def _prefixed(prefix: str, params: Mapping[str, Tensor]) -> ParamDict:
@@ -578,11 +716,21 @@ class _Functional:
     """Functional forwards of f and of the head side on one set of buffer copies (made once per
     meta step, so the module's own buffers are never written by a virtual forward)."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, head_loss: HeadLoss) -> None:
-        self.encoder, self.head_loss = encoder, head_loss
+    def __init__(self, encoder: nn.Module, head: nn.Module, head_loss: HeadLoss,
+                 subset_loss: Optional[Callable[[Tensor], HeadLoss]] = None) -> None:
+        self.encoder, self.head_loss, self.subset_loss = encoder, head_loss, subset_loss
         self.wrapper = _HeadCall(head)
         self.enc_buffers = _buffer_copies(encoder)
         self.head_buffers = _prefixed("head.", _buffer_copies(head))
+
+    def subset(self, index: Optional[Tensor]) -> "_Functional":
+        """The same forwards, the head side on the images ``index`` of the batch (same buffer
+        copies); itself for ``None``."""
+        if index is None or self.subset_loss is None:
+            return self
+        other = copy.copy(self)
+        other.head_loss = self.subset_loss(index)
+        return other
 
     def encode(self, params: ParamDict, x: Tensor) -> Tensor:
         """f(x) with ``params`` substituted (the module's own parameters for the rest)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-META_GRAD_MODES = ("second_order", "finite_difference", "linearized")
+META_GRAD_MODES = ("second_order", "finite_difference", "linearized", "none")
 EXACT_IMPLS = ("jvp", "double_backward")
 VIRTUAL_STEPS = ("sgd", "optimizer")
 MSR_LOSS_FORMS = ("auto", "mixture", "mean")
@@ -23,6 +23,7 @@ SCHEDULES = ("interleaved", "two_stage")
 UNI_OVER = ("image", "batch")
 MSR_INPUTS = ("image", "features", "both")
 WEIGHT_HEADS = ("softplus", "softmax")
+STRATA = ("learned", "frozen", "random_fixed", "uniform")
 
 
 @dataclass
@@ -45,15 +46,29 @@ class ICLMSROptions:
         tau_msr: InfoNCE temperature of the mixture form; ``None`` uses the method's own, else 0.2.
         msr_loss: ``mixture`` (backdoor likelihood), ``mean`` (method loss averaged over strata) or
             ``auto`` (mixture for InfoNCE-type methods, mean for the others).
+        strata: where A_s comes from: ``learned`` (f_msr trained by the meta step, paper);
+            ablations: ``frozen`` (f_msr kept at its initialisation: image-dependent strata that
+            are never trained), ``random_fixed`` (n non-negative unit vectors drawn once from the
+            run's seed, the same for every image) or ``uniform`` (every a_t = 1/sqrt(c), so
+            L_msr = L_ct). Only ``learned`` has a meta step.
         meta_grad: ``second_order`` (the exact meta-gradient), ``finite_difference`` (DARTS-style
-            central differences along v = grad L_ct(theta')) or ``linearized`` (first order in
-            the step: v read at theta instead of theta', no virtual forward; cheaper).
+            central differences along v = grad L_ct(theta')), ``linearized`` (first order in
+            the step: v read at theta instead of theta', no virtual forward) or ``none`` (an
+            ablation: no L_ct(theta') term, f_msr trained by gamma * L_uni alone).
         exact_impl: how ``second_order`` is computed: ``jvp`` (the backbone enters only through
             the Jacobian-vector product J_f v_f) or ``double_backward`` (the reference).
         fd_epsilon: finite-difference step of ``finite_difference`` and ``linearized``, as the
             norm of the parameter perturbation relative to the norm of the parameters.
         meta_every: run the meta step every k training batches.
         meta_params: ``all`` (virtual step of f and f_ph) or ``head`` (f_ph only, cheaper).
+        meta_stages: ``None`` (the virtual step moves every stage of f, paper) or k: it moves
+            only the last k stages of f (and f_ph); the activations entering them are the ones
+            the training step computed, so the pass at theta' and the Jacobian-vector product
+            run through those stages only (ANIL-style truncation).
+        meta_batch: ``None`` (the whole batch, paper), a fraction in (0, 1] of the batch, or a
+            count of images > 1: the meta objective and its Jacobian-vector product run on
+            random sub-batches of that size (the virtual step keeps the whole batch's stage-1
+            gradient); unbiased for losses that are means over images.
         schedule: ``interleaved`` (stage 1 then stage 2 on every batch) or ``two_stage``
             (the paper's literal two passes per epoch).
         msr_input: what f_msr reads: ``image`` (the raw image, paper), ``features`` (the
@@ -70,6 +85,7 @@ class ICLMSROptions:
     """
 
     enabled: Optional[bool] = None
+    strata: str = "learned"
     n_strata: int = 8
     lambda_msr: float = 1.0
     gamma_uni: float = 0.1
@@ -84,6 +100,8 @@ class ICLMSROptions:
     fd_epsilon: float = 1e-4
     meta_every: int = 1
     meta_params: str = "all"
+    meta_stages: Optional[int] = None
+    meta_batch: Optional[float] = None
     schedule: str = "interleaved"
     msr_input: str = "image"
     weight_head: str = "softplus"
@@ -124,6 +142,7 @@ class ICLMSROptions:
                 fail(key, value, "true or false" + (" (or null)" if optional else ""))
 
         flag("enabled", optional=True)
+        choice("strata", STRATA)
         number("n_strata", 1, integer=True)
         number("lambda_msr", 0.0)
         number("gamma_uni", 0.0)
@@ -138,6 +157,17 @@ class ICLMSROptions:
         number("fd_epsilon", 0.0, open_low=True)
         number("meta_every", 1, integer=True)
         choice("meta_params", META_PARAMS)
+        number("meta_stages", 1, integer=True, optional=True)
+        if self.meta_stages is not None and self.meta_params == "head":
+            fail("meta_stages", self.meta_stages, "null with meta_params=head (the virtual step "
+                 "then moves no stage of f)")
+        number("meta_batch", 0.0, open_low=True, optional=True)
+        if self.meta_batch is not None and self.meta_batch > 1 and self.meta_batch != int(self.meta_batch):
+            fail("meta_batch", self.meta_batch, "a fraction in (0, 1] or a whole number of images")
+        if (self.meta_batch is not None and self.meta_grad == "second_order"
+                and self.exact_impl == "double_backward"):
+            fail("meta_batch", self.meta_batch, "null with exact_impl=double_backward (the "
+                 "reference runs on the whole batch)")
         choice("schedule", SCHEDULES)
         choice("msr_input", MSR_INPUTS)
         choice("weight_head", WEIGHT_HEADS)
@@ -149,6 +179,19 @@ class ICLMSROptions:
         number("msr_weight_decay", 0.0)
         return self
 
+    @property
+    def trains_regularizer(self) -> bool:
+        """Whether f_msr is trained (``strata: learned``); the ablations have no meta step."""
+        return self.strata == "learned"
+
     def should_meta_step(self, batch_idx: int) -> bool:
-        """Whether the meta step runs on this batch (``meta_every``)."""
-        return batch_idx % self.meta_every == 0
+        """Whether the meta step runs on this batch (``meta_every``; never for the ablations
+        ``frozen``, ``random_fixed`` and ``uniform``)."""
+        return self.trains_regularizer and batch_idx % self.meta_every == 0
+
+    def meta_batch_size(self, batch_size: int) -> int:
+        """How many of ``batch_size`` images the meta objective uses (``meta_batch``), >= 1."""
+        if self.meta_batch is None:
+            return batch_size
+        size = round(self.meta_batch * batch_size) if self.meta_batch <= 1 else int(self.meta_batch)
+        return max(1, min(batch_size, size))

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "MetaSemanticRegularizer",
+    "FixedStrata",
+    "build_strata",
     "channel_weights",
     "weight_features",
     "weighted_views",
@@ -150,6 +152,58 @@ class MetaSemanticRegularizer(nn.Module):
         else:
             positive = F.softplus(logits)
         return F.normalize(positive, dim=-1, eps=1e-12)
+
+
+class FixedStrata(nn.Module):
+    """The same n weight vectors for every image: the ablations of f_msr (ICLMSR.md section 8).
+
+    ``forward`` has f_msr's signature and returns the (n, c) buffer ``vectors`` expanded to
+    (B, n, c); nothing in it is trained. Built by :func:`build_strata`.
+
+    Example:
+        >>> FixedStrata(torch.full((1, 4), 0.5))(torch.zeros(3, 3, 8, 8)).shape
+        torch.Size([3, 1, 4])
+    """
+
+    reads_image = False
+    reads_features = False
+
+    def __init__(self, vectors: Tensor) -> None:
+        super().__init__()
+        if vectors.dim() != 2:
+            raise ValueError(f"FixedStrata: vectors must be (n, c), got {tuple(vectors.shape)}.")
+        self.register_buffer("vectors", F.normalize(vectors.float(), dim=-1))
+
+    def forward(self, raw: Optional[Tensor] = None, features: Optional[Tensor] = None) -> Tensor:
+        images = raw if raw is not None else features
+        if images is None:
+            raise ValueError("FixedStrata needs the images (or their features) for the batch size.")
+        return self.vectors.to(images.dtype).expand(images.shape[0], *self.vectors.shape)
+
+
+def build_strata(kind: str, feature_dim: int, n_strata: int = 8, seed: int = 0,
+                 **regularizer_kwargs) -> nn.Module:
+    """Where A_s comes from (``iclmsr.strata``; ICLMSR.md section 8).
+
+    Args:
+        kind: ``learned`` or ``frozen``: a :class:`MetaSemanticRegularizer` (``regularizer_kwargs``
+            go to it; whether it is trained is the caller's business); ``random_fixed``: n
+            vectors |g| / ||g|| with g ~ N(0, I_c) drawn from ``seed``; ``uniform``: a_t =
+            1/sqrt(c). n identical strata give the same L_msr as one (the mixture and the mean
+            of n equal terms are that term), so ``uniform`` holds one vector: L_msr = L_ct.
+        feature_dim: c.
+        n_strata: n.
+        seed: the seed of ``random_fixed``'s draw.
+    """
+    if kind in ("learned", "frozen"):
+        return MetaSemanticRegularizer(feature_dim, n_strata, **regularizer_kwargs)
+    if kind == "random_fixed":
+        generator = torch.Generator().manual_seed(int(seed))
+        return FixedStrata(torch.randn(n_strata, feature_dim, generator=generator).abs())
+    if kind == "uniform":
+        return FixedStrata(torch.ones(1, feature_dim))
+    raise ValueError(f"iclmsr.strata={kind!r} is invalid: expected one of learned, frozen, "
+                     f"random_fixed, uniform.")
 
 
 def _conv_trunk(in_channels: int, width: int, depth: int, kernel: int) -> nn.Sequential:

@@ -1,8 +1,10 @@
-"""Lightning callbacks of a run: the non-finite loss guard and the strata probe."""
+"""Lightning callbacks of a run: the non-finite loss guard, the strata probe and the training
+clock."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, Optional
 
 import lightning.pytorch as pl
@@ -14,7 +16,8 @@ from solo_iclmsr.core import (foreground_channels, foreground_share, strata_diag
 from solo_iclmsr.data.builtin import NEUTRAL_GRAY
 from solo_iclmsr.data.probe import ProbeSet
 
-__all__ = ["NonFiniteLossError", "NonFiniteLossGuard", "StrataProbe", "strata_probe_stats"]
+__all__ = ["NonFiniteLossError", "NonFiniteLossGuard", "StrataProbe", "strata_probe_stats",
+           "TrainClock"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,7 +65,7 @@ def strata_probe_stats(module: nn.Module, probe: ProbeSet, batch_size: int = 256
     was_training = module.training
     module.eval()
     try:
-        device = next(module.msr.parameters()).device
+        device = next(module.backbone.parameters()).device
         raw_view = module.device_augmentation.raw_view
 
         def batches(images: torch.Tensor):
@@ -101,3 +104,53 @@ class StrataProbe(pl.Callback):
         self.last = strata_probe_stats(module, self.probe)
         module.log_dict({f"strata_probe/{k}": v for k, v in self.last.items()}, sync_dist=False,
                         rank_zero_only=True)
+
+
+class TrainClock(pl.Callback):
+    """The training time of a run, kept in its checkpoints so that a resumed run adds to it.
+
+    Attributes:
+        train_seconds: wall time of the training epochs (data loading and steps; validation and
+            checkpoint writing excluded).
+        step_seconds: wall time inside the training steps (forward, backward, ICL-MSR's meta
+            step, the optimizer step): what the per-step time of two methods compares.
+        steps: training steps timed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_seconds = 0.0
+        self.step_seconds = 0.0
+        self.steps = 0
+        self._mark: Optional[float] = None
+        self._step_start: Optional[float] = None
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.step_seconds / self.steps if self.steps else float("nan")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._mark = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._step_start is not None:
+            self.step_seconds += now - self._step_start
+            self.steps += 1
+        if self._mark is not None:
+            self.train_seconds += now - self._mark
+        self._mark, self._step_start = now, None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"train_seconds": self.train_seconds, "step_seconds": self.step_seconds,
+                "steps": self.steps}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self.step_seconds = float(state_dict.get("step_seconds", 0.0))
+        self.steps = int(state_dict.get("steps", 0))

@@ -37,13 +37,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from solo_iclmsr import config as cfgmod
-from solo_iclmsr.core import (ICLMSROptions, MetaSemanticRegularizer, PlainGrads, collect_grads,
-                              frozen_batch_norm, meta_step, msr_loss, optimizer_step,
-                              resolve_alpha, strata_diagnostics, uniformity_loss)
+from solo_iclmsr.core import (ICLMSROptions, PlainGrads, build_strata, collect_grads,
+                              frozen_batch_norm, gradient_cosine, meta_step, msr_loss,
+                              optimizer_step, resolve_alpha, strata_diagnostics, uniformity_loss)
 from solo_iclmsr.plugin import adapters, replay
 from solo_iclmsr.plugin.backbones import (SMALL_IMAGE_DATASETS, feature_map, solo_cifar_stem,
                                           timm_backbone_for)
 from solo_iclmsr.plugin.second_order import disable_fused_attention, twice_differentiable
+from solo_iclmsr.plugin.truncation import EncoderTail
 
 
 class DeviceAugmentationMixin:
@@ -111,17 +112,29 @@ class ICLMSRMixin:
         self.iclmsr = options
         self._iclmsr_raw: Optional[Tensor] = None
         self._iclmsr_pending: Optional[Dict[str, Any]] = None
-        self._iclmsr_plain: Optional[PlainGrads] = None
+        self._iclmsr_tail: Optional[EncoderTail] = None
         if options.enabled:
             self.msr_form = self._iclmsr_adapter.msr_form(options.msr_loss)
-            self.msr = MetaSemanticRegularizer(
-                self.features_dim, options.n_strata, options.msr_depth, options.msr_width,
-                inputs=options.msr_input, weight_head=options.weight_head,
-                temperature=options.weight_temperature, bias=options.weight_bias)
+            self.msr = build_strata(
+                options.strata, self.features_dim, options.n_strata, seed=self._iclmsr_seed(),
+                depth=options.msr_depth, width=options.msr_width, inputs=options.msr_input,
+                weight_head=options.weight_head, temperature=options.weight_temperature,
+                bias=options.weight_bias)
             self.msr.requires_grad_(False)  # trained only by the meta step, see module docstring
             disable_fused_attention(self.backbone, getattr(self, "momentum_backbone", nn.Identity()))
-            self.msr_optimizer = torch.optim.Adam(self.msr.parameters(), lr=options.msr_lr,
-                                                  weight_decay=options.msr_weight_decay)
+            self.msr_optimizer = None
+            if options.trains_regularizer:
+                self.msr_optimizer = torch.optim.Adam(self.msr.parameters(), lr=options.msr_lr,
+                                                      weight_decay=options.msr_weight_decay)
+            if options.meta_stages is not None and options.trains_regularizer:
+                # not a child module: its parameters are the backbone's
+                self.__dict__["_iclmsr_tail"] = EncoderTail(self.backbone, options.meta_stages)
+        self.diagnostics_every = int(OmegaConf.select(self.cfg, "diagnostics.every_n_steps",
+                                                      default=0) or 0)
+
+    def _iclmsr_seed(self) -> int:
+        """The run's seed (solo's ``seed`` key): draws of ``random_fixed`` and ``meta_batch``."""
+        return int(OmegaConf.select(self.cfg, "seed", default=0) or 0)
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
@@ -151,23 +164,46 @@ class ICLMSRMixin:
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> Any:
         if not self.iclmsr.enabled:
             return super().training_step(batch, batch_idx)
-        with replay.recording(self, batch, batch_idx) as record:
-            loss = super().training_step(batch, batch_idx)
-        raw = self._iclmsr_raw_images(batch)
-        with torch.no_grad():
-            weights = self._proposals(raw)  # A_s (B, n, c)
-        with replay.replaying(self, record):
-            l_msr = self._msr_loss(record, record.feats, weights)
+        meta = self.iclmsr.schedule == "interleaved" and self.iclmsr.should_meta_step(batch_idx)
+        diagnose = self.diagnostics_every > 0 and self.global_step % self.diagnostics_every == 0
+        plain_needed = diagnose or (meta and self.iclmsr.meta_grad == "linearized")
+        # The stage-1 graph is then differentiated more than once: solo's IterNorm (VIbCReg),
+        # whose backward runs once only, runs as its twice-differentiable twin on this step.
+        with twice_differentiable(self) if plain_needed else contextlib.nullcontext():
+            with replay.recording(self, batch, batch_idx) as record, self._recording_cut(record):
+                loss = super().training_step(batch, batch_idx)
+            raw = self._iclmsr_raw_images(batch)
+            with torch.no_grad():
+                weights = self._proposals(raw)  # A_s (B, n, c)
+            with replay.replaying(self, record):
+                l_msr = self._msr_loss(record, record.feats, weights)
         diagnostics = strata_diagnostics(weights).as_dict("strata/")
         self.log_dict({"train_msr_loss": l_msr.detach(),
                        "train_uni_loss": uniformity_loss(weights, self.iclmsr.uni_t,
                                                          self.iclmsr.uni_over),
                        **diagnostics}, on_epoch=True, on_step=False, sync_dist=True)
-        if self.iclmsr.schedule == "interleaved" and self.iclmsr.should_meta_step(batch_idx):
-            self._iclmsr_pending = {"record": record, "raw": raw}
-            if self.iclmsr.meta_grad == "linearized":
-                self._iclmsr_plain = self._plain_grads(loss)
+        plain = self._plain_grads(loss) if plain_needed else None
+        if diagnose:
+            self.log("diag/grad_cos_msr_ct", self._gradient_cosine(plain, l_msr),
+                     on_epoch=True, on_step=False, sync_dist=True)
+        if meta:
+            self._iclmsr_pending = {"record": record, "raw": raw, "plain": plain,
+                                    "diagnose": diagnose}
         return loss + self.iclmsr.lambda_msr * l_msr
+
+    def _recording_cut(self, record: replay.StepRecord) -> Any:
+        """With ``meta_stages``: the training step's activations at the cut, into the record."""
+        if self._iclmsr_tail is None:
+            return contextlib.nullcontext()
+        return self._iclmsr_tail.recording(record.cut_activations)
+
+    def _gradient_cosine(self, plain: PlainGrads, l_msr: Tensor) -> Tensor:
+        """cos(grad_theta L_msr, grad_theta L_ct) on the batch, from the stage-1 graph (the
+        first-order reading of the meta objective, ICLMSR.md section 8)."""
+        _, params = self._theta(self.backbone)
+        msr = torch.autograd.grad(l_msr, list(params.values()), retain_graph=True,
+                                  allow_unused=True)
+        return gradient_cosine([plain.grads[k] for k in params], msr, list(params.values()))
 
     def _iclmsr_raw_images(self, batch: Sequence[Any]) -> Tensor:
         """What f_msr sees: the raw batch (resized, normalised) when the device augmentation
@@ -183,7 +219,7 @@ class ICLMSRMixin:
         if self.msr.reads_features:
             with frozen_batch_norm(self.backbone):
                 features = feature_map(self.backbone, raw.float())
-        return self.msr(raw.float() if self.msr.reads_image else None, features)
+        return self.msr(raw.float(), features)
 
     def _msr_loss(self, record: replay.StepRecord, feats: Sequence[Tensor], weights: Tensor) -> Tensor:
         """L_msr on a_t-weighted per-crop features, in the configured reading (ICLMSR.md 3).
@@ -199,17 +235,25 @@ class ICLMSRMixin:
                 return adapter.positive_log_probs(self, outputs, record, tau)
         return msr_loss(stratum_loss, feats, weights, self.msr_form)
 
-    def _theta(self) -> Tuple[nn.Module, Dict[str, nn.Parameter]]:
-        """f_ph as one module, and theta = (f, f_ph) keyed as ``core.collect_grads`` keys it."""
+    def _theta(self, encoder: nn.Module) -> Tuple[nn.Module, Dict[str, nn.Parameter]]:
+        """f_ph as one module, and theta = (f, f_ph) keyed as ``core.collect_grads`` keys it
+        with ``encoder`` as f (the backbone, or the tail of ``meta_stages``, whose names are
+        ``backbone.<name>``; only the parameters after its cut)."""
         head = nn.ModuleDict({name: getattr(self, name) for name in adapters.head_module_names(self)})
-        params = {**{f"encoder.{k}": p for k, p in self.backbone.named_parameters() if p.requires_grad},
+        if isinstance(encoder, EncoderTail):
+            moved = set(encoder.parameter_names())
+            encoder_params = {k: p for k, p in encoder.named_parameters() if k in moved}
+        else:
+            encoder_params = {k: p for k, p in encoder.named_parameters() if p.requires_grad}
+        params = {**{f"encoder.{k}": p for k, p in encoder_params.items()},
                   **{f"head.{k}": p for k, p in head.named_parameters() if p.requires_grad}}
         return head, params
 
     def _plain_grads(self, loss: Tensor) -> PlainGrads:
         """grad_theta L_ct(theta) from the stage-1 graph (the method's loss; its online
-        classifiers do not reach theta), for ``meta_grad: linearized``."""
-        _, params = self._theta()
+        classifiers do not reach theta): v0 of ``meta_grad: linearized`` and of the
+        diagnostics."""
+        _, params = self._theta(self.backbone)
         grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True,
                                     allow_unused=True)
         return PlainGrads(loss.detach().float(), dict(zip(params, grads)))
@@ -220,24 +264,29 @@ class ICLMSRMixin:
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         super().on_before_optimizer_step(optimizer)
         pending, self._iclmsr_pending = self._iclmsr_pending, None
-        plain, self._iclmsr_plain = self._iclmsr_plain, None
         if pending is None:
             return
         reuse = getattr(self.trainer, "accumulate_grad_batches", 1) == 1
         self.iclmsr_meta_step(pending["record"], pending["raw"], optimizer, reuse,
-                              plain if reuse else None)
+                              pending["plain"] if reuse else None, pending["diagnose"])
 
     def iclmsr_meta_step(self, record: replay.StepRecord, raw: Tensor, optimizer: Any,
-                         reuse_grads: bool = False, plain: Optional[PlainGrads] = None
-                         ) -> Dict[str, float]:
+                         reuse_grads: bool = False, plain: Optional[PlainGrads] = None,
+                         diagnose: bool = False) -> Dict[str, float]:
         """Stage 2 on one batch: update f_msr by the meta-gradient; return what it measured."""
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's inner one
-        head, params = self._theta()
+        tail = self._iclmsr_tail
+        encoder = self.backbone if tail is None else tail
+        head, params = self._theta(encoder)
         lr = _backbone_lr(optimizer)
         alpha = resolve_alpha(self.iclmsr, lr)
         if alpha <= 0:  # e.g. warm-up from lr 0: theta' = theta, L_ct(theta') does not depend on A
             return {}
-        stage1 = collect_grads(self.backbone, head, copy=False) if reuse_grads else None
+        stage1 = collect_grads(encoder, head, copy=False) if reuse_grads else None
+        if plain is not None and tail is not None:  # keyed by the tail's names
+            plain = PlainGrads(plain.loss, {"encoder.backbone." + k[len("encoder."):]
+                                            if k.startswith("encoder.") else k: g
+                                            for k, g in plain.grads.items()})
         virtual_step = None
         if self.iclmsr.virtual_step == "optimizer":
             virtual_step = optimizer_step(optimizer, params, lr=self.iclmsr.alpha)
@@ -245,21 +294,31 @@ class ICLMSRMixin:
         # mix); what the mixed-precision training step recorded is cast up.
         record = dataclasses.replace(record, momentum_feats=_float32(record.momentum_feats),
                                      constants=_float32(record.constants))
+        views = record.views
+        if tail is not None:
+            tail.check_unchanged()
+            views = _float32(record.cut_activations)
 
-        def head_loss(features: Sequence[Tensor], weights: Optional[Tensor]):
-            l_ct = replay.method_loss(self, self._iclmsr_method_cls, record, features)
-            if weights is None:
-                return l_ct, l_ct.new_zeros(())
-            return l_ct, self._msr_loss(record, features, weights)
+        def head_loss_of(rec: replay.StepRecord):
+            def head_loss(features: Sequence[Tensor], weights: Optional[Tensor]):
+                l_ct = replay.method_loss(self, self._iclmsr_method_cls, rec, features)
+                if weights is None:
+                    return l_ct, l_ct.new_zeros(())
+                return l_ct, self._msr_loss(rec, features, weights)
+            return head_loss
 
+        generator = torch.Generator().manual_seed(self._iclmsr_seed() * 1_000_003
+                                                  + int(self.global_step))
         raw = raw.float()
         with _trainable(self.msr), replay.replaying(self, record), twice_differentiable(self), \
                 torch.autocast(raw.device.type, enabled=False):
             weights = self._proposals(raw)
             kwargs = dict(virtual_step=virtual_step, stage1_grads=stage1, plain_grads=plain,
-                          weights=weights)
+                          weights=weights, generator=generator, diagnose=diagnose,
+                          encoder_params=None if tail is None else tail.parameter_names(),
+                          subset_loss=lambda index: head_loss_of(record.subset(index)))
             try:
-                result = meta_step(self.backbone, head, self.msr, record.views, raw, head_loss,
+                result = meta_step(encoder, head, self.msr, views, raw, head_loss_of(record),
                                    self.iclmsr, alpha, **kwargs)
             except NotImplementedError as error:
                 if "forward AD" not in str(error) or self.iclmsr.meta_grad != "second_order" \
@@ -270,16 +329,21 @@ class ICLMSRMixin:
                 warnings.warn(f"iclmsr.exact_impl=jvp is not available for this backbone "
                               f"({error}); using exact_impl=double_backward.")
                 self.iclmsr = dataclasses.replace(self.iclmsr, exact_impl="double_backward")
-                result = meta_step(self.backbone, head, self.msr, record.views, raw, head_loss,
+                result = meta_step(encoder, head, self.msr, views, raw, head_loss_of(record),
                                    self.iclmsr, alpha, **kwargs)
         # outside the replay: the gradients are averaged over the real process group
         self._average_msr_grads()
         self.msr_optimizer.step()
         self.msr_optimizer.zero_grad(set_to_none=True)
-        metrics = {"train_meta_loss": result.meta_loss, "train_meta_ct_virtual": result.ct_virtual,
-                   "train_meta_grad_norm": result.grad_norm,
+        metrics = {"train_meta_loss": result.meta_loss, "train_meta_grad_norm": result.grad_norm,
                    "train_meta_grad_norm_ct": result.ct_grad_norm,
                    "train_meta_grad_norm_uni": result.uni_grad_norm}
+        if self.iclmsr.meta_grad != "none":
+            metrics["train_meta_ct_virtual"] = result.ct_virtual
+        if result.first_order_cos is not None:
+            metrics.update({"diag/meta_first_order_norm": result.first_order_grad_norm,
+                            "diag/meta_first_order_cos": result.first_order_cos,
+                            "diag/meta_curvature_norm": result.curvature_grad_norm})
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
         return {k: float(v) for k, v in metrics.items()}
 
@@ -310,7 +374,7 @@ class ICLMSRMixin:
         """Stage 2 of ``two_stage``: the method's forward again without side effects, then meta."""
         probe = replay.StepRecord(batch, batch_idx, state=replay.method_state(self))
         with replay.replaying(self, probe), torch.no_grad(), \
-                replay.recording(self, batch, batch_idx) as record:
+                replay.recording(self, batch, batch_idx) as record, self._recording_cut(record):
             self._iclmsr_method_cls.training_step(self, batch, batch_idx)
         record.state = probe.state
         self.iclmsr_meta_step(record, self._iclmsr_raw_images(batch), optimizer, reuse_grads=False)
@@ -320,12 +384,12 @@ class ICLMSRMixin:
     # ---------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self.iclmsr.enabled:
+        if self.iclmsr.enabled and self.msr_optimizer is not None:
             checkpoint["iclmsr_optimizer"] = self.msr_optimizer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.iclmsr.enabled and "iclmsr_optimizer" in checkpoint:
+        if self.iclmsr.enabled and self.msr_optimizer is not None and "iclmsr_optimizer" in checkpoint:
             self.msr_optimizer.load_state_dict(checkpoint["iclmsr_optimizer"])
 
 

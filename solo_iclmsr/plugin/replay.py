@@ -64,6 +64,8 @@ class StepRecord:
         state: the method's buffers (queues, centres, ...) before its loss code ran.
         constants: quantities ICL-MSR's terms hold fixed, computed once per step when first
             needed (``cached``): the momentum branch's outputs, NNCLR's neighbours.
+        cut_activations: with ``iclmsr.meta_stages``, the online backbone's activation at the
+            cut of every crop (``truncation.EncoderTail``), no graph.
     """
 
     batch: Sequence[Any]
@@ -72,6 +74,17 @@ class StepRecord:
     momentum_feats: List[Tensor] = field(default_factory=list)
     state: Dict[str, Tensor] = field(default_factory=dict)
     constants: Dict[str, Any] = field(default_factory=dict)
+    cut_activations: List[Tensor] = field(default_factory=list)
+
+    def subset(self, index: Tensor) -> "StepRecord":
+        """The record of the images ``index`` of the batch alone (``iclmsr.meta_batch``): the
+        batch, the recorded features and activations restricted to them; the method's state as
+        it is; the per-step constants computed anew on the subset when needed."""
+        rows = lambda tensors: [t[index] for t in tensors]  # noqa: E731
+        indexes, crops, *rest = self.batch
+        crops = rows(crops) if isinstance(crops, (list, tuple)) else crops[index]
+        return StepRecord([indexes[index], crops, *rows(rest)], self.batch_idx, rows(self.feats),
+                          rows(self.momentum_feats), self.state, {}, rows(self.cut_activations))
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         """``constants[key]``, computed by ``compute()`` the first time."""

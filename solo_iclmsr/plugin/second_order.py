@@ -7,8 +7,11 @@ the backbone in forward mode). Two kinds of module do not allow it:
   attention of the backbones runs unfused (:func:`disable_fused_attention`, once, at build time);
 * solo's ``IterNorm`` (VIbCReg's projector) is an autograd ``Function`` whose hand-written
   backward transposes its saved tensors in place: it can be run once, and autograd cannot
-  differentiate it again. During the meta step its forward runs as the same computation written
-  with plain torch operations (:func:`twice_differentiable`), whose derivatives are autograd's.
+  differentiate it again. During the meta step, and in a training step whose graph is
+  differentiated more than once (the gradient diagnostics, ``meta_grad: linearized``), its
+  forward runs as the same computation written with plain torch operations
+  (:func:`twice_differentiable`), whose derivatives are autograd's; its running statistics are
+  not updated on such a step.
 """
 
 from __future__ import annotations
