@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TopK", "extract_features", "knn_accuracy", "linear_probe"]
+__all__ = ["TopK", "extract_features", "knn_accuracy", "linear_probe", "classifier_accuracy"]
 
 
 @dataclass
@@ -72,6 +72,13 @@ def knn_accuracy(train: Tensor, train_labels: Tensor, test: Tensor, test_labels:
                test_targets=test_labels)
     top1, top5 = knn.compute()
     return TopK(float(top1), float(top5))
+
+
+def classifier_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> TopK:
+    """Top-1 and top-5 of a classifier that returns ``{"logits": ...}`` (solo's
+    ``LinearModel``) on an evaluation dataset."""
+    outputs, labels = extract_features(model, dataset, batch_size, keys=("logits",))
+    return _accuracy(outputs["logits"], labels)
 
 
 def _accuracy(scores: Tensor, labels: Tensor) -> TopK:

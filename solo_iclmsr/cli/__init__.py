@@ -6,6 +6,8 @@
         pretrained_feature_extractor=PATH                # main_linear.py
     solo-iclmsr knn --pretrained_checkpoint_dir DIR --dataset cifar10 ...   # main_knn.py
     solo-iclmsr strata --checkpoint PATH --out strata.png              # stratum maps
+    solo-iclmsr compare --config-path scripts/pretrain/cifar/ --config-name simclr \
+        --seeds 0 1 2 --out runs/simclr [--arm NAME "OVERRIDES"] [--equal-time]  # paired reruns
     solo-iclmsr demo                                                   # README's main job
 
 A bad config, a missing dataset, an unusable checkpoint or a non-finite loss ends with one line
@@ -61,6 +63,28 @@ def _cmd_strata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from solo_iclmsr.cli.compare import compare
+
+    result = compare(args.config_path, args.config_name, args.out, args.overrides, args.seeds,
+                     [tuple(a) for a in args.arm], args.equal_time, args.eval, args.knn_k,
+                     args.linear_config_path, args.linear_config_name, args.linear_epochs,
+                     args.jobs, args.launcher, args.launcher_override, args.force,
+                     args.report_only, args.quiet, command=_command_line())
+    print((result["report"]).read_text())
+    print(f"report: {result['report']}\nresults: {result['results']}"
+          + (f"\nfigure: {result['figure']}" if "figure" in result else ""))
+    for run, why in result["failed"].items():
+        print(f"error: run {run} did not finish: {why}", file=sys.stderr)
+    return 2 if result["failed"] else 0
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "solo-iclmsr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from solo_iclmsr.cli.demo import demo
 
@@ -70,14 +94,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "pretrain": _cmd_pretrain, "linear": _cmd_linear, "knn": _cmd_knn, "strata": _cmd_strata,
-    "demo": _cmd_demo,
+    "compare": _cmd_compare, "demo": _cmd_demo,
 }
 HELP = {
     "pretrain": "pretrain a method (main_pretrain.py), with ICL-MSR when iclmsr.enabled",
     "linear": "linear evaluation of a pretrained backbone (main_linear.py)",
     "knn": "k-NN evaluation of a pretrained checkpoint folder (main_knn.py's arguments)",
     "strata": "render f_msr's strata of a checkpoint as maps over images (a PNG)",
-    "demo": "SimCLR with and without ICL-MSR on the built-in dataset: 5-NN table and a plot",
+    "compare": "paired reruns of a pretraining config with and without ICL-MSR, over seeds, "
+               "resumable, with a report",
+    "demo": "a small compare on the built-in dataset: SimCLR with and without ICL-MSR",
 }
 
 
@@ -92,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (.ckpt)")
             p.add_argument("--out", default="strata.png", help="the PNG to write")
             p.add_argument("--images", type=int, default=6, help="images to show")
+        if name == "compare":
+            from solo_iclmsr.cli.compare import add_arguments
+
+            add_arguments(p)
         if name == "demo":
             p.add_argument("--output-dir", default="runs/demo", help="where the runs go")
             p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -20,7 +20,7 @@ import torch
 
 from solo_iclmsr.evaluation import TopK, extract_features, knn_accuracy
 
-__all__ = ["build_knn_parser", "knn_main", "knn"]
+__all__ = ["build_knn_parser", "knn_main", "knn", "knn_grid"]
 
 FEATURE_KEYS = {"backbone": "feats", "projector": "z"}
 
@@ -59,9 +59,9 @@ def _checkpoint(folder: Path) -> Path:
 
 def _eval_sets(args: argparse.Namespace, cfg) -> tuple:
     if args.dataset == "builtin":
-        from solo_iclmsr.data.loaders import builtin_eval_sets
+        from solo_iclmsr.data.loaders import evaluation_sets
 
-        return builtin_eval_sets(cfg)
+        return evaluation_sets(cfg)
     from solo.data.classification_dataloader import prepare_datasets, prepare_transforms
 
     _, transform = prepare_transforms(args.dataset)
@@ -69,6 +69,28 @@ def _eval_sets(args: argparse.Namespace, cfg) -> tuple:
                                   train_data_path=args.train_data_path,
                                   val_data_path=args.val_data_path, data_format=args.data_format)
     return train, {"val": val}
+
+
+def knn_grid(model: torch.nn.Module, train_set, tests: Dict[str, object], batch_size: int = 256,
+             feature_types: Sequence[str] = ("backbone",), ks: Sequence[int] = (20,),
+             temperatures: Sequence[float] = (0.07,), distances: Sequence[str] = ("cosine",)
+             ) -> Dict[str, Dict[str, TopK]]:
+    """main_knn's grid on one model: {"<feature type> / <test set>": {"k=..,<distance>,T=..":
+    TopK}}, the bank being ``train_set``'s features."""
+    keys = [FEATURE_KEYS[t] for t in feature_types]
+    train, train_labels = extract_features(model, train_set, batch_size, keys=keys)
+    results: Dict[str, Dict[str, TopK]] = {}
+    for name, test_set in tests.items():
+        test, test_labels = extract_features(model, test_set, batch_size, keys=keys)
+        for feature_type, key in zip(feature_types, keys):
+            row = results.setdefault(f"{feature_type} / {name}", {})
+            for k in ks:
+                for distance in distances:
+                    for t in (temperatures if distance == "cosine" else [None]):
+                        label = f"k={k},{distance}" + (f",T={t:g}" if t is not None else "")
+                        row[label] = knn_accuracy(train[key], train_labels, test[key], test_labels,
+                                                  k, t or 0.07, distance)
+    return results
 
 
 def knn(args: argparse.Namespace) -> Dict[str, Dict[str, TopK]]:
@@ -79,20 +101,8 @@ def knn(args: argparse.Namespace) -> Dict[str, Dict[str, TopK]]:
     model, cfg = load_pretrained(_checkpoint(folder), "--pretrained_checkpoint_dir")
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     train_set, tests = _eval_sets(args, cfg)
-    keys = [FEATURE_KEYS[t] for t in args.feature_type]
-    train, train_labels = extract_features(model, train_set, args.batch_size, keys=keys)
-    results: Dict[str, Dict[str, TopK]] = {}
-    for name, test_set in tests.items():
-        test, test_labels = extract_features(model, test_set, args.batch_size, keys=keys)
-        for feature_type, key in zip(args.feature_type, keys):
-            row = results.setdefault(f"{feature_type} / {name}", {})
-            for k in args.k:
-                for distance in args.distance_function:
-                    for t in (args.temperature if distance == "cosine" else [None]):
-                        label = f"k={k},{distance}" + (f",T={t:g}" if t is not None else "")
-                        row[label] = knn_accuracy(train[key], train_labels, test[key], test_labels,
-                                                  k, t or 0.07, distance)
-    return results
+    return knn_grid(model, train_set, tests, args.batch_size, args.feature_type, args.k,
+                    args.temperature, args.distance_function)
 
 
 def knn_main(argv: Optional[Sequence[str]] = None) -> int:

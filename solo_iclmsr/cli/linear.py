@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Dict
 
 import lightning.pytorch as pl
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 from solo_iclmsr.cli.checkpoints import check_matches, read_checkpoint
 from solo_iclmsr.config import check_backbone, check_schedule, solo_checked
 
-__all__ = ["linear", "build_backbone"]
+__all__ = ["linear", "build_backbone", "LinearResult"]
 
 
 def build_backbone(cfg: DictConfig) -> nn.Module:
@@ -80,12 +81,12 @@ def _loss(cfg: DictConfig) -> tuple:
 
 
 def _loaders(cfg: DictConfig) -> tuple:
-    if cfg.data.dataset == "builtin":
+    if cfg.data.dataset == "builtin" or OmegaConf.select(cfg, "diagnostics.masks", default=None):
         from torch.utils.data import DataLoader
 
-        from solo_iclmsr.data.loaders import builtin_eval_sets
+        from solo_iclmsr.data.loaders import evaluation_sets
 
-        train, tests = builtin_eval_sets(cfg, entry=cfg.data.augmentations)
+        train, tests = evaluation_sets(cfg, entry=cfg.data.augmentations)
         batch, workers = int(cfg.optimizer.batch_size), int(cfg.data.num_workers)
         return (DataLoader(train, batch, shuffle=True, drop_last=True, num_workers=workers),
                 DataLoader(tests["full"], batch, num_workers=workers))
@@ -100,9 +101,17 @@ def _loaders(cfg: DictConfig) -> tuple:
         auto_augment=cfg.auto_augment))
 
 
-def linear(cfg: DictConfig) -> Optional[Any]:
-    """Linear evaluation of a pretrained backbone (see the module docstring); returns the
-    trainer's final metrics."""
+@dataclass
+class LinearResult:
+    """What ``linear`` trained: solo's ``LinearModel`` (backbone and classifier, eval mode) and
+    the trainer's final metrics."""
+
+    model: pl.LightningModule
+    metrics: Dict[str, Any]
+
+
+def linear(cfg: DictConfig) -> LinearResult:
+    """Linear evaluation of a pretrained backbone (see the module docstring)."""
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies.ddp import DDPStrategy
     from solo.methods.linear import LinearModel
@@ -164,4 +173,4 @@ def linear(cfg: DictConfig) -> Optional[Any]:
                   else (cfg.strategy or "auto"))
     trainer = pl.Trainer(**kwargs)
     trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    return trainer.callback_metrics
+    return LinearResult(model.eval(), dict(trainer.callback_metrics))

@@ -8,10 +8,11 @@ defaults lists, the same override grammar: ``key=value``, ``+key=value``, ``++ke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,24 @@ __all__ = ["compose", "config_files"]
 def config_files(folder: Path) -> list:
     """Names of the primary configs of a folder (``.yaml``, and ``.yml`` which Hydra skips)."""
     return sorted(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+@contextlib.contextmanager
+def _own_hydra() -> Iterator[None]:
+    """Inside a Hydra application (a job of ``solo-iclmsr compare``), Hydra's global state is the
+    application's: it is set aside while a config is composed, then put back."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    state = GlobalHydra.instance()
+    running = state.hydra if state.is_initialized() else None
+    if running is not None:
+        state.clear()
+    try:
+        yield
+    finally:
+        if running is not None:
+            state.clear()
+            state.initialize(running)
 
 
 def compose(config_path: str, config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -59,7 +78,7 @@ def compose(config_path: str, config_name: str, overrides: Sequence[str] = ()) -
                 (root / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
             (root / f"{name}.yaml").symlink_to(folder / f"{name}.yml")
         try:
-            with initialize_config_dir(config_dir=str(root), version_base="1.2"):
+            with _own_hydra(), initialize_config_dir(config_dir=str(root), version_base="1.2"):
                 cfg = hydra_compose(config_name=name, overrides=list(overrides))
         except (HydraException, MissingConfigException, OmegaConfBaseException) as error:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]

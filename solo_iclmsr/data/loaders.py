@@ -26,7 +26,12 @@ from solo_iclmsr.data.builtin import BuiltinSpec
 from solo_iclmsr.data.datasets import IMAGE_EXTENSIONS, BuiltinDataset, _open_image, _resize_square
 
 __all__ = ["RawImage", "raw_image_size", "builtin_spec", "pretrain_dataset", "pretrain_loader",
-           "validation_loader", "check_images_readable", "EvalImages", "builtin_eval_sets"]
+           "validation_loader", "check_images_readable", "EvalImages", "builtin_eval_sets",
+           "masked_dataset", "evaluation_sets", "TEST_VERSIONS"]
+
+#: The test versions of each kind of evaluation data (``evaluation_sets``).
+TEST_VERSIONS = {"builtin": ("full", "fg", "decorrelated"), "masked": ("full", "fg", "bg"),
+                 "solo": ("val",)}
 
 #: Side of the raw images handed to the device augmentation, by dataset (``data.image_size``).
 RAW_SIZES = {"cifar10": 32, "cifar100": 32, "stl10": 96}
@@ -208,3 +213,60 @@ def builtin_eval_sets(cfg: DictConfig, train_variant: Optional[str] = None,
     tests = {v: EvalImages(BuiltinDataset(root, "test", v, spec), *stats)
              for v in ("full", "fg", "decorrelated")}
     return EvalImages(train, *stats), tests
+
+
+def masked_dataset(cfg: DictConfig, variant: str = "full") -> Dataset:
+    """The dataset with foreground masks a config names in ``diagnostics`` (``masks: coco`` or
+    ``folder``), in one variant (``full``, ``fg``, ``bg``), at the raw image size of the run."""
+    from solo_iclmsr.data.masks import CocoMaskDataset, MaskFolderDataset
+
+    size, d = raw_image_size(cfg), cfg.diagnostics
+    if d.masks == "coco":
+        return CocoMaskDataset(d.annotations, d.image_root, image_size=size, variant=variant)
+    return MaskFolderDataset(d.image_root, image_size=size, variant=variant,
+                             masks_root=d.masks_root,
+                             mask_suffix=None if d.masks_root else d.mask_suffix)
+
+
+def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None
+                    ) -> Tuple[Dataset, Dict[str, Dataset]]:
+    """The training set (k-NN bank, linear probe) and every test version of a run's data, as
+    solo's ``(x, label)`` items (``TEST_VERSIONS``):
+
+    * the built-in set: its training split and the test split ``full`` / ``fg`` /
+      ``decorrelated`` (``builtin_eval_sets``);
+    * a dataset with foreground masks (``diagnostics.masks``): a fixed fifth of each label held
+      out (``masks.held_out_split``) in ``full`` / ``fg`` / ``bg``, the rest (full) for training;
+    * any other dataset: solo's classification datasets of ``data.train_path`` and
+      ``data.val_path`` (``val``), with solo's evaluation transform.
+
+    ``entry`` gives the crop size and normalisation (default ``augmentations[0]``).
+    """
+    data = cfg.data
+    if data.dataset == "builtin":
+        return builtin_eval_sets(cfg, entry=entry)
+    if OmegaConf.select(cfg, "diagnostics.masks", default=None) is not None:
+        from torch.utils.data import Subset
+
+        from solo_iclmsr.data.augment import mean_std
+        from solo_iclmsr.data.masks import held_out_split
+
+        entry = cfg.augmentations[0] if entry is None else entry
+        stats = (int(entry.crop_size), *mean_std(data.dataset, entry))
+        full = masked_dataset(cfg)
+        train, test = held_out_split(full.labels)
+        return (EvalImages(Subset(full, train), *stats),
+                {v: EvalImages(Subset(masked_dataset(cfg, v), test), *stats)
+                 for v in TEST_VERSIONS["masked"]})
+    from solo.data.classification_dataloader import prepare_datasets, prepare_transforms
+
+    if data.val_path is None:
+        raise FileNotFoundError(f"data.val_path is not set: the {data.dataset} run has no "
+                                f"validation set to evaluate on; set it (or evaluate a dataset "
+                                f"with masks through diagnostics.masks).")
+    _, transform = prepare_transforms(data.dataset)
+    data_format = "image_folder" if data.format == "dali" else data.format
+    train, val = _fetching(data.dataset, data.train_path, lambda: prepare_datasets(
+        data.dataset, T_train=transform, T_val=transform, train_data_path=data.train_path,
+        val_data_path=data.val_path, data_format=data_format))
+    return train, {"val": val}

@@ -51,7 +51,8 @@ from .datasets import (
     _resize_square,
 )
 
-__all__ = ["MASK_VARIANTS", "MaskedImageDataset", "CocoMaskDataset", "MaskFolderDataset", "apply_variant"]
+__all__ = ["MASK_VARIANTS", "MaskedImageDataset", "CocoMaskDataset", "MaskFolderDataset", "apply_variant",
+           "held_out_split"]
 
 MASK_VARIANTS = ("full", "fg", "bg")
 FOREGROUND_MODES = ("all", "label", "largest")
@@ -79,6 +80,32 @@ def apply_variant(image: torch.Tensor, mask: torch.Tensor, variant: str) -> torc
     keep = (mask != 0) if variant == "fg" else (mask == 0)
     out = foreground_only(image.numpy()[None], keep.numpy()[None])[0]
     return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def held_out_split(labels: Sequence[int], fraction: float = 0.2, seed: int = 0
+                   ) -> Tuple[List[int], List[int]]:
+    """Training and test positions of a labelled set: a fixed random ``fraction`` of each label
+    held out (at least one image of every label with two or more images).
+
+    Args:
+        labels: the label of each item, in order.
+        fraction: share of each label held out.
+        seed: seed of the draw.
+
+    Returns:
+        (training positions, test positions), each sorted.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train: List[int] = []
+    test: List[int] = []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.nonzero(labels == label)[0]).tolist()
+        k = int(round(fraction * len(idx)))
+        k = max(k, 1) if len(idx) > 1 else 0
+        test += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(test)
 
 
 class MaskedImageDataset(RawImageDataset):

@@ -65,16 +65,9 @@ def probe_set(cfg: DictConfig, train_set: Optional[Dataset] = None) -> Optional[
                         {"class": torch.from_numpy(data["labels"][:count]),
                          "background": torch.from_numpy(data["bg_type"][:count])})
     if masks is not None:
-        from solo_iclmsr.data.loaders import raw_image_size
-        from solo_iclmsr.data.masks import CocoMaskDataset, MaskFolderDataset
+        from solo_iclmsr.data.loaders import masked_dataset
 
-        size, d = raw_image_size(cfg), cfg.diagnostics
-        if masks == "coco":
-            dataset = CocoMaskDataset(d.annotations, d.image_root, image_size=size)
-        else:
-            dataset = MaskFolderDataset(d.image_root, image_size=size, masks_root=d.masks_root,
-                                        mask_suffix=None if d.masks_root else d.mask_suffix)
-        return probe_from_dataset(dataset, count, masked=True)
+        return probe_from_dataset(masked_dataset(cfg), count, masked=True)
     if train_set is None or len(train_set) == 0:
         return None
     first = train_set[0]

@@ -1,0 +1,197 @@
+"""One job of a comparison: train one run (or resume it) and evaluate it; a Hydra application,
+so that Hydra's launchers run the grid.
+
+    python -m solo_iclmsr.compare.job --multirun runs_root=OUT/runs \\
+        run=base/seed0,iclmsr/seed0 [hydra/launcher=joblib hydra.launcher.n_jobs=2]
+
+``solo-iclmsr compare`` writes each run's ``spec.json`` and calls this (``launch.py``); a person
+may call it too. A job is idempotent: a run with ``run.json`` is not trained again, one with
+``eval.json`` not evaluated again; an unfinished run resumes from its newest readable
+checkpoint. Bad input (a missing dataset, a non-finite loss) ends the job with one line and an
+``error.txt`` in the run's folder; the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from solo_iclmsr.compare.grid import RunSpec, missing_evaluations, read_json, write_json
+
+__all__ = ["run_job", "newest_checkpoint", "die_with_parent", "grid_progress"]
+
+
+@dataclass
+class JobConfig:
+    """The job's config: where the runs are, which one, how many CPU threads it may use."""
+
+    runs_root: str = MISSING
+    run: str = MISSING
+    threads: int = 0
+
+
+ConfigStore.instance().store(name="compare_job", node=JobConfig)
+
+
+def die_with_parent() -> None:
+    """On Linux, this process is killed when the process that started it dies (a comparison
+    killed with ``kill -9`` takes its jobs with it, so that the same command, run again, is the
+    only writer of its runs)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def newest_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest checkpoint under a run's folder that can be read (a file cut short by a kill
+    is passed over, and left where it is)."""
+    from solo_iclmsr.cli.checkpoints import read_checkpoint
+
+    for path in sorted(folder.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path.parent.name == "linear" or "linear" in path.relative_to(folder).parts:
+            continue
+        try:
+            read_checkpoint(path, "resume_from_checkpoint")
+        except Exception:  # noqa: BLE001 - unreadable: try the one before
+            continue
+        return path
+    return None
+
+
+def _train(spec: RunSpec, folder: Path) -> Dict[str, Any]:
+    """Pretrain (or resume) the run; returns what ``run.json`` records."""
+    import torch
+
+    from solo_iclmsr.cli.pretrain import pretrain
+    from solo_iclmsr.config import compose
+    from solo_iclmsr.plugin.callbacks import TrainClock
+
+    resume = newest_checkpoint(folder)
+    overrides = [*spec.overrides, f"++checkpoint.dir='{folder}'"]
+    if resume is not None:
+        overrides.append(f"++resume_from_checkpoint='{resume}'")
+    cfg = compose(spec.config_path, spec.config_name, overrides)
+    clock = TrainClock()
+    result = pretrain(cfg, callbacks=[clock])
+    checkpoint = result.last_checkpoint or resume
+    if checkpoint is None:
+        raise RuntimeError(f"{folder}: training wrote no checkpoint.")
+    return {"arm": spec.arm, "seed": spec.seed, "checkpoint": str(Path(checkpoint).relative_to(folder)),
+            "global_step": result.global_step, "steps": clock.steps,
+            "train_seconds": clock.train_seconds, "step_seconds": clock.step_seconds,
+            "seconds_per_step": clock.seconds_per_step, "max_epochs": int(cfg.max_epochs),
+            "resumed_from": None if resume is None else str(resume.relative_to(folder)),
+            "threads": torch.get_num_threads(), "host": socket.gethostname(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_job(folder: Path, threads: int = 0) -> str:
+    """Train and evaluate the run in ``folder`` as far as it is not done; returns ``done`` or
+    ``failed`` (then ``error.txt`` holds the one line)."""
+    from solo_iclmsr.cli import USER_ERRORS
+    from solo_iclmsr.compare.evaluate import evaluate_run
+    from solo_iclmsr.plugin.callbacks import NonFiniteLossError
+
+    die_with_parent()
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    spec = RunSpec.load(folder)
+    root = folder.parents[1]
+    print(f"[compare] {grid_progress(root)} start {spec.key}", flush=True)
+    start = time.perf_counter()
+    try:
+        (folder / "error.txt").unlink(missing_ok=True)
+        if not (folder / "run.json").exists():
+            write_json(folder / "run.json", _train(spec, folder))
+        done = read_json(folder / "eval.json") if (folder / "eval.json").exists() else {}
+        missing = missing_evaluations(done, spec.evaluation)
+        if missing:
+            run = read_json(folder / "run.json")
+            new = evaluate_run(folder / run["checkpoint"], folder, {**spec.evaluation,
+                                                                    "eval": missing})
+            done.update({kind: new[kind] for kind in missing},
+                        seconds=done.get("seconds", 0.0) + new["seconds"])
+            write_json(folder / "eval.json", done)
+    except (*USER_ERRORS, NonFiniteLossError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        (folder / "error.txt").write_text(message + "\n")
+        print(f"[compare] {grid_progress(root)} FAILED {spec.key}: {message}", flush=True)
+        return "failed"
+    print(f"[compare] {grid_progress(root)} end {spec.key} "
+          f"({time.perf_counter() - start:.0f} s){_eta(root)}", flush=True)
+    return "done"
+
+
+def _grid_runs(root: Path) -> Iterator[Path]:
+    """The run folders of the grid's current command (``OUT/grid_runs.json``), else all."""
+    listed = root.parent / "grid_runs.json"
+    if listed.exists():
+        for key in read_json(listed):
+            yield root / key
+        return
+    yield from sorted(p for p in root.glob("*/seed*") if p.name[4:].isdigit())
+
+
+def _states(root: Path) -> Tuple[List[Path], List[Path], List[Path]]:
+    done, failed, todo = [], [], []
+    for folder in _grid_runs(root):
+        if (folder / "eval.json").exists():
+            done.append(folder)
+        elif (folder / "error.txt").exists():
+            failed.append(folder)
+        else:
+            todo.append(folder)
+    return done, failed, todo
+
+
+def grid_progress(root: Path) -> str:
+    """``3/12 done, 1 failed``: the counts of the grid."""
+    done, failed, todo = _states(root)
+    total = len(done) + len(failed) + len(todo)
+    return f"{len(done)}/{total} done" + (f", {len(failed)} failed" if failed else "")
+
+
+def _eta(root: Path) -> str:
+    """The time left, from the runs finished so far (training and evaluation) and the number
+    of jobs running at once (``OUT/grid_runs.json``'s sibling ``launch.json``)."""
+    done, _, todo = _states(root)
+    seconds = []
+    for folder in done:
+        try:
+            seconds.append(read_json(folder / "run.json")["train_seconds"]
+                           + read_json(folder / "eval.json").get("seconds", 0.0))
+        except (OSError, KeyError, ValueError):
+            continue
+    if not seconds or not todo:
+        return ""
+    jobs = 1
+    launch = root.parent / "launch.json"
+    if launch.exists():
+        jobs = max(1, int(read_json(launch).get("jobs", 1)))
+    left = sum(seconds) / len(seconds) * len(todo) / jobs
+    return f"; about {left / 60:.0f} min left for {len(todo)} runs"
+
+
+@hydra.main(version_base=None, config_path=None, config_name="compare_job")
+def main(cfg: JobConfig) -> str:
+    """The Hydra application: one job per ``run=`` value."""
+    return run_job(Path(cfg.runs_root) / cfg.run, int(cfg.threads))
+
+
+if __name__ == "__main__":
+    main()
