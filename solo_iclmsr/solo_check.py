@@ -1,9 +1,12 @@
-"""Is the installed solo-learn the patched GitHub main? Read from package metadata; solo is not
-imported (importing an unpatched solo can itself fail on today's stack)."""
+"""Is the solo-learn Python imports the patched GitHub main? Read from package metadata and from
+where the ``solo`` package would be found; solo is not imported (importing an unpatched solo can
+itself fail on today's stack)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from importlib import metadata
 from typing import Optional
 
@@ -37,7 +40,7 @@ def solo_problem() -> Optional[str]:
     version = dist.version
     if version == PATCHED_VERSION:
         if dist.read_text(PATCH_RECORD) is not None:
-            return None
+            return _shadowed(dist)
         return (f"solo-learn {version} is installed without its patch record ({PATCH_RECORD}), "
                 f"so not by patches/solo_patch.py: {FIX}.")
     if version == MAIN_VERSION:
@@ -52,6 +55,26 @@ def solo_problem() -> Optional[str]:
         return (f"solo-learn {version} (the 2021 PyPI release) is installed, but solo-iclmsr "
                 f"needs {MAIN}: {FIX}.")
     return f"solo-learn {version} is installed, but solo-iclmsr needs {MAIN}: {FIX}."
+
+
+def _shadowed(dist: metadata.Distribution) -> Optional[str]:
+    """The ``solo`` package Python would import, when it is not the installed one: run from the
+    root of a solo-learn checkout (where ``main_pretrain.py`` and ``scripts/`` are), the
+    checkout's unpatched ``solo/`` comes first on ``sys.path``."""
+    try:
+        spec = importlib.util.find_spec("solo")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    installed = os.path.realpath(str(dist.locate_file(os.path.join("solo", "__init__.py"))))
+    found = os.path.realpath(spec.origin)
+    if found == installed:
+        return None
+    return (f"Python imports solo from {os.path.dirname(found)}, not the patched solo-learn "
+            f"installed at {os.path.dirname(installed)} (a solo-learn checkout on sys.path, e.g. "
+            f"the current folder, shadows it): run from another folder, or use `solo-iclmsr "
+            f"pretrain` instead of the checkout's main_pretrain.py.")
 
 
 def require_solo() -> None:

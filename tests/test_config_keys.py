@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from solo_iclmsr.cli.pretrain import _callbacks, build_model
-from solo_iclmsr.config import DiagnosticsConfig, BuiltinDataConfig, compose, prepare_pretrain
+from solo_iclmsr.config import BuiltinDataConfig, DiagnosticsConfig, compose
+from solo_iclmsr.plugin import prepare_pretrain
 from solo_iclmsr.core import ICLMSROptions
 from solo_iclmsr.data.loaders import pretrain_dataset
 

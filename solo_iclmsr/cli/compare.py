@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from solo_iclmsr.compare.evaluate import EVAL_KINDS
 from solo_iclmsr.compare.grid import (BASE, EQUAL_TIME, ICLMSR, Arm, Grid, check_recorded,
                                       default_arms, equal_time_epochs, missing_evaluations,
-                                      read_json, write_json)
+                                      read_json, step_time, write_json)
 
 __all__ = ["compare", "add_arguments", "CompareResult"]
 
@@ -150,7 +150,8 @@ def _grid(config_path: str, config_name: str, root: Path, overrides: Sequence[st
           seeds: Sequence[int], arms: Sequence[Tuple[str, str]], equal_time: bool,
           evaluation: Dict[str, Any], quiet: bool = False) -> Grid:
     """The grid, every arm's config composed and checked (one line on the first error)."""
-    from solo_iclmsr.config import compose, prepare_pretrain
+    from solo_iclmsr.config import compose
+    from solo_iclmsr.plugin import prepare_pretrain
 
     config_path = str(Path(config_path).resolve())
     cfg = compose(config_path, config_name, overrides)
@@ -201,8 +202,7 @@ def _prepare_equal_time(grid: Grid, seed: int, force: bool) -> Optional[str]:
     if not all(path.exists() for path in runs.values()):
         return None  # reported as missing: one of the two arms failed
     base, icl = (read_json(runs[name]) for name in (BASE, ICLMSR))
-    epochs = equal_time_epochs(base["max_epochs"], base["seconds_per_step"],
-                               icl["seconds_per_step"])
+    epochs = equal_time_epochs(base["max_epochs"], step_time(base), step_time(icl))
     arm = next(a for a in grid.arms if a.name == BASE)
     extra = [f"++max_epochs={epochs}"]
     cfg = compose(grid.config_path, grid.config_name, [*grid.overrides, *arm.overrides])
@@ -211,18 +211,26 @@ def _prepare_equal_time(grid: Grid, seed: int, force: bool) -> Optional[str]:
                  for e in OmegaConf.select(cfg, "scheduler.lr_decay_steps", default=[])]
         extra.append(f"++scheduler.lr_decay_steps=[{','.join(map(str, steps))}]")
     derived = {"from": f"{BASE}/seed{seed} and {ICLMSR}/seed{seed}",
-               "base_seconds_per_step": base["seconds_per_step"],
-               "iclmsr_seconds_per_step": icl["seconds_per_step"], "max_epochs": epochs}
+               "base_seconds_per_step": step_time(base),
+               "iclmsr_seconds_per_step": step_time(icl), "max_epochs": epochs}
     return _prepare(grid, Arm(EQUAL_TIME, (*arm.overrides, *extra)), seed, force, derived)
 
 
 def _run(root: Path, keys: List[str], launcher: str, jobs: int,
          launcher_overrides: Sequence[str]) -> None:
+    """The jobs through the launcher; a launcher that fails before a job ran leaves its exit code
+    in the run's folder (the report then says so)."""
     if not keys:
         return
     from solo_iclmsr.compare.launch import launch
 
-    launch(root, keys, launcher, jobs, launcher_overrides)
+    code = launch(root, keys, launcher, jobs, launcher_overrides)
+    if code != 0:
+        for key in keys:
+            folder = root / "runs" / key
+            if not (folder / "eval.json").exists() and not (folder / "error.txt").exists():
+                (folder / "error.txt").write_text(
+                    f"the {launcher} launcher exited with code {code} (its message is above)\n")
 
 
 def _failed(root: Path, planned: Sequence[str] = ()) -> Dict[str, str]:

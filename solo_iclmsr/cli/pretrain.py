@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from solo_iclmsr.cli.checkpoints import check_matches, read_checkpoint
-from solo_iclmsr.config import check_schedule, prepare_pretrain, solo_checked
+from solo_iclmsr.config import check_schedule, solo_checked
+from solo_iclmsr.plugin import prepare_pretrain
 
 __all__ = ["RunResult", "build_model", "pretrain"]
 

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["Arm", "RunSpec", "Grid", "default_arms", "flat_config", "config_changes",
            "missing_evaluations",
-           "check_recorded", "equal_time_epochs", "write_json", "read_json", "EQUAL_TIME",
+           "check_recorded", "equal_time_epochs", "step_time", "write_json", "read_json", "EQUAL_TIME",
            "BASE", "ICLMSR"]
 
 BASE, ICLMSR, EQUAL_TIME = "base", "iclmsr", "base_equal_time"
@@ -97,7 +97,10 @@ class RunSpec:
         return cls(**read_json(folder / "spec.json"))
 
     def save(self, folder: Path) -> None:
-        write_json(folder / "spec.json", asdict(self))
+        """Written when it says something new (a finished run's folder is left as it is)."""
+        path = folder / "spec.json"
+        if not path.exists() or read_json(path) != asdict(self):
+            write_json(path, asdict(self))
 
 
 @dataclass
@@ -204,6 +207,16 @@ def check_recorded(folder: Path, cfg: DictConfig, force: bool) -> None:
                          f"or --force to run it again (the old run is kept beside it).")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     shutil.move(str(folder), str(folder.with_name(f"{folder.name}.replaced-{stamp}")))
+
+
+def step_time(run: Dict[str, Any]) -> float:
+    """The time of one training step of a finished run (``run.json``) that equal time compares:
+    the process's CPU time on a CPU (the work, whatever else the machine runs), else the wall
+    time (on a GPU the CPU time says little)."""
+    cpu = run.get("cpu_seconds_per_step")
+    if run.get("accelerator", "cpu") == "cpu" and cpu is not None and math.isfinite(cpu):
+        return float(cpu)
+    return float(run["seconds_per_step"])
 
 
 def equal_time_epochs(base_epochs: int, base_step_seconds: float,

@@ -92,7 +92,9 @@ def _train(spec: RunSpec, folder: Path) -> Dict[str, Any]:
     return {"arm": spec.arm, "seed": spec.seed, "checkpoint": str(Path(checkpoint).relative_to(folder)),
             "global_step": result.global_step, "steps": clock.steps,
             "train_seconds": clock.train_seconds, "step_seconds": clock.step_seconds,
-            "seconds_per_step": clock.seconds_per_step, "max_epochs": int(cfg.max_epochs),
+            "seconds_per_step": clock.seconds_per_step,
+            "cpu_seconds_per_step": clock.cpu_seconds_per_step, "accelerator": str(cfg.accelerator),
+            "max_epochs": int(cfg.max_epochs),
             "resumed_from": None if resume is None else str(resume.relative_to(folder)),
             "threads": torch.get_num_threads(), "host": socket.gethostname(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -4,8 +4,9 @@
 * ``joblib`` (``hydra-joblib-launcher``): ``--jobs N`` runs at a time on this machine, each in
   its own process, the CPU threads shared out between them (the default for ``--jobs`` > 1);
 * ``submitit_local`` / ``submitit_slurm`` (``hydra-submitit-launcher``, the ``slurm`` extra):
-  through submitit on this machine or as a SLURM job array (``--launcher-override
-  hydra.launcher.partition=...`` and the like go to the launcher as they are).
+  through submitit on this machine (its local executor starts every job at once) or as a SLURM
+  job array of ``--jobs`` jobs at a time (``--launcher-override hydra.launcher.partition=...``
+  and the like go to the launcher as they are).
 
 Each call runs ``python -m solo_iclmsr.compare.job --multirun run=<arm>/seed<k>,...`` with the
 launcher's overrides; the command is printed, so a person can run it (or part of it) alone.
@@ -65,10 +66,13 @@ def threads_per_job(jobs: int) -> int:
 def _launcher_overrides(name: str, jobs: int, threads: int) -> List[str]:
     if name == "joblib":
         return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-    if name.startswith("submitit"):
+    if name == "submitit_slurm":
         return [f"hydra/launcher={name}", f"hydra.launcher.array_parallelism={jobs}",
                 f"hydra.launcher.cpus_per_task={threads}", "hydra.launcher.tasks_per_node=1",
                 "hydra.launcher.timeout_min=10080"]
+    if name == "submitit_local":  # submitit's local executor starts every job at once
+        return [f"hydra/launcher={name}", f"hydra.launcher.cpus_per_task={threads}",
+                "hydra.launcher.tasks_per_node=1", "hydra.launcher.timeout_min=10080"]
     return []
 
 
@@ -79,7 +83,10 @@ def launch(out: Path, runs: Sequence[str], launcher: str, jobs: int,
     threads = threads_per_job(jobs if launcher != "submitit_slurm" else 1)
     write_json(out / "launch.json", {"launcher": launcher, "jobs": jobs, "threads": threads})
     sweep = out / "launcher" / time.strftime("%Y%m%d-%H%M%S")
-    command = [sys.executable, "-m", "solo_iclmsr.compare.job", "--multirun",
+    # -P: the current folder is not put first on sys.path (a solo-learn checkout's solo/ there
+    # would shadow the patched install in the jobs; solo_check refuses that).
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    command = [sys.executable, *safe, "-m", "solo_iclmsr.compare.job", "--multirun",
                f"runs_root='{(out / 'runs').resolve()}'", "run=" + ",".join(runs),
                f"threads={threads}", *_launcher_overrides(launcher, jobs, threads),
                f"hydra.sweep.dir='{sweep.resolve()}'", "hydra.output_subdir=null",

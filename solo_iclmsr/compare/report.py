@@ -45,11 +45,12 @@ class Row:
     value: float
     train_seconds: float
     seconds_per_step: float
+    cpu_seconds_per_step: float
     steps: int
     max_epochs: int
 
     FIELDS = ("arm", "seed", "test_set", "metric", "value", "train_seconds", "seconds_per_step",
-              "steps", "max_epochs")
+              "cpu_seconds_per_step", "steps", "max_epochs")
 
 
 def _runs(out: Path) -> List[Path]:
@@ -66,8 +67,9 @@ def collect(out: Path) -> Tuple[List[Row], Dict[Tuple[str, int], Dict[str, float
         run, scores = read_json(folder / "run.json"), read_json(folder / "eval.json")
         arm, seed = folder.parent.name, int(folder.name[4:])
         common = dict(arm=arm, seed=seed, train_seconds=run["train_seconds"],
-                      seconds_per_step=run["seconds_per_step"], steps=run["steps"],
-                      max_epochs=run["max_epochs"])
+                      seconds_per_step=run["seconds_per_step"],
+                      cpu_seconds_per_step=run.get("cpu_seconds_per_step", float("nan")),
+                      steps=run["steps"], max_epochs=run["max_epochs"])
         for kind in ("knn", "linear"):
             for test, metrics in scores.get(kind, {}).items():
                 named = metrics.items() if kind == "knn" else [("linear", metrics)]
@@ -219,23 +221,33 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                 table.append([arm, *cells])
             lines += [_table(["arm", *tests], table), ""]
     lines += ["## Training time", "",
-              "Per run: wall time of the training epochs and of one training step (mean over "
-              "the seeds); the ratio is to the base arm's mean.", ""]
+              "Per run: wall time of the training epochs, and the wall and process CPU time of "
+              "one training step (the CPU time measures a step's work on a machine shared with "
+              "other jobs); mean over the seeds, and the ratio to the base arm's mean.", ""]
+
+    def mean_of(rs: List[Row], key: str) -> float:
+        vals = [getattr(r, key) for r in rs if not math.isnan(getattr(r, key))]
+        return statistics.mean(vals) if vals else float("nan")
+
+    def ratio(value: float, base: float) -> str:
+        return f"{value / base:.2f}x" if base and not math.isnan(value / base) else "-"
+
     base_runs = list(runs.get(BASE, {}).values())
-    base_train = statistics.mean(r.train_seconds for r in base_runs) if base_runs else None
-    base_step = statistics.mean(r.seconds_per_step for r in base_runs) if base_runs else None
+    base = {k: mean_of(base_runs, k) if base_runs else float("nan")
+            for k in ("train_seconds", "seconds_per_step", "cpu_seconds_per_step")}
     table = []
     for arm in arm_names:
         rs = list(runs[arm].values())
-        train = statistics.mean(r.train_seconds for r in rs)
-        step = statistics.mean(r.seconds_per_step for r in rs)
+        means = {k: mean_of(rs, k) for k in base}
         table.append([arm, str(len(rs)), f"{statistics.mean(r.max_epochs for r in rs):g}",
-                      f"{statistics.mean(r.steps for r in rs):.0f}", f"{train:.0f}",
-                      f"{step:.3f}",
-                      f"{train / base_train:.2f}x" if base_train else "-",
-                      f"{step / base_step:.2f}x" if base_step else "-"])
-    lines += [_table(["arm", "runs", "epochs", "steps", "train s", "s / step", "train s / base",
-                      "s/step / base"], table), ""]
+                      f"{statistics.mean(r.steps for r in rs):.0f}",
+                      f"{means['train_seconds']:.0f}", f"{means['seconds_per_step']:.3f}",
+                      f"{means['cpu_seconds_per_step']:.3f}",
+                      ratio(means["train_seconds"], base["train_seconds"]),
+                      ratio(means["seconds_per_step"], base["seconds_per_step"]),
+                      ratio(means["cpu_seconds_per_step"], base["cpu_seconds_per_step"])])
+    lines += [_table(["arm", "runs", "epochs", "steps", "train s", "s / step", "CPU s / step",
+                      "train s / base", "s/step / base", "CPU s/step / base"], table), ""]
     present = [k for k in DIAGNOSTICS if any(k in d for d in diagnostics.values())]
     if present:
         lines += ["## Diagnostics", "",

@@ -114,6 +114,8 @@ class TrainClock(pl.Callback):
             checkpoint writing excluded).
         step_seconds: wall time inside the training steps (forward, backward, ICL-MSR's meta
             step, the optimizer step): what the per-step time of two methods compares.
+        step_cpu_seconds: the process's CPU time inside the training steps: on a CPU shared with
+            other jobs it measures the work of a step better than the wall time does.
         steps: training steps timed.
     """
 
@@ -121,26 +123,32 @@ class TrainClock(pl.Callback):
         super().__init__()
         self.train_seconds = 0.0
         self.step_seconds = 0.0
+        self.step_cpu_seconds = 0.0
         self.steps = 0
         self._mark: Optional[float] = None
-        self._step_start: Optional[float] = None
+        self._step_start: Optional[tuple] = None
 
     @property
     def seconds_per_step(self) -> float:
         return self.step_seconds / self.steps if self.steps else float("nan")
+
+    @property
+    def cpu_seconds_per_step(self) -> float:
+        return self.step_cpu_seconds / self.steps if self.steps else float("nan")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._mark = time.perf_counter()
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
+        self._step_start = (time.perf_counter(), time.process_time())
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self._step_start is not None:
-            self.step_seconds += now - self._step_start
+            self.step_seconds += now - self._step_start[0]
+            self.step_cpu_seconds += cpu - self._step_start[1]
             self.steps += 1
         if self._mark is not None:
             self.train_seconds += now - self._mark
@@ -148,9 +156,11 @@ class TrainClock(pl.Callback):
 
     def state_dict(self) -> Dict[str, Any]:
         return {"train_seconds": self.train_seconds, "step_seconds": self.step_seconds,
-                "steps": self.steps}
+                "step_cpu_seconds": self.step_cpu_seconds, "steps": self.steps}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
         self.step_seconds = float(state_dict.get("step_seconds", 0.0))
+        # a checkpoint written before the CPU time was kept: that part of it is unknown
+        self.step_cpu_seconds = float(state_dict.get("step_cpu_seconds", float("nan")))
         self.steps = int(state_dict.get("steps", 0))

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from solo_iclmsr import config as cfgmod
+from solo_iclmsr.config.schema import with_iclmsr_defaults
 from solo_iclmsr.core import (ICLMSROptions, PlainGrads, build_strata, collect_grads,
                               frozen_batch_norm, gradient_cosine, meta_step, msr_loss,
                               optimizer_step, resolve_alpha, strata_diagnostics, uniformity_loss)
@@ -140,7 +140,7 @@ class ICLMSRMixin:
     def add_and_assert_specific_cfg(cls, cfg: DictConfig) -> DictConfig:
         """The method's own defaults and checks, then the ``iclmsr`` block's (validated)."""
         cfg = cls._iclmsr_method_cls.add_and_assert_specific_cfg(cfg)
-        return cfgmod.with_iclmsr_defaults(cfg)
+        return with_iclmsr_defaults(cfg)
 
     def build_backbone(self, cfg: DictConfig) -> Tuple[nn.Module, int]:
         """solo's backbone for solo's names (with solo's CIFAR stem on the built-in 32 px images
@@ -200,7 +200,7 @@ class ICLMSRMixin:
     def _gradient_cosine(self, plain: PlainGrads, l_msr: Tensor) -> Tensor:
         """cos(grad_theta L_msr, grad_theta L_ct) on the batch, from the stage-1 graph (the
         first-order reading of the meta objective, ICLMSR.md section 8)."""
-        _, params = self._theta(self.backbone)
+        _, params = self._theta()
         msr = torch.autograd.grad(l_msr, list(params.values()), retain_graph=True,
                                   allow_unused=True)
         return gradient_cosine([plain.grads[k] for k in params], msr, list(params.values()))
@@ -235,10 +235,12 @@ class ICLMSRMixin:
                 return adapter.positive_log_probs(self, outputs, record, tau)
         return msr_loss(stratum_loss, feats, weights, self.msr_form)
 
-    def _theta(self, encoder: nn.Module) -> Tuple[nn.Module, Dict[str, nn.Parameter]]:
+    def _theta(self, encoder: Optional[nn.Module] = None
+               ) -> Tuple[nn.Module, Dict[str, nn.Parameter]]:
         """f_ph as one module, and theta = (f, f_ph) keyed as ``core.collect_grads`` keys it
-        with ``encoder`` as f (the backbone, or the tail of ``meta_stages``, whose names are
-        ``backbone.<name>``; only the parameters after its cut)."""
+        with ``encoder`` as f (default the backbone; the tail of ``meta_stages`` has the names
+        ``backbone.<name>`` and only the parameters after its cut)."""
+        encoder = self.backbone if encoder is None else encoder
         head = nn.ModuleDict({name: getattr(self, name) for name in adapters.head_module_names(self)})
         if isinstance(encoder, EncoderTail):
             moved = set(encoder.parameter_names())
@@ -253,7 +255,7 @@ class ICLMSRMixin:
         """grad_theta L_ct(theta) from the stage-1 graph (the method's loss; its online
         classifiers do not reach theta): v0 of ``meta_grad: linearized`` and of the
         diagnostics."""
-        _, params = self._theta(self.backbone)
+        _, params = self._theta()
         grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True,
                                     allow_unused=True)
         return PlainGrads(loss.detach().float(), dict(zip(params, grads)))

@@ -63,14 +63,22 @@ def _feature_info(model: nn.Module) -> List[Dict]:
 
 
 class _Given(nn.Module):
-    """Stands in for a trunk module: returns a prepared tensor."""
+    """Stands in for a trunk module: returns a prepared tensor; any other attribute is the real
+    module's (the backbone may read one, e.g. a ViT its patch embedding's grid size)."""
 
-    def __init__(self, value: Tensor) -> None:
+    def __init__(self, value: Tensor, real: nn.Module) -> None:
         super().__init__()
         self.value = value
+        self.__dict__["_real"] = real  # not a submodule
 
     def forward(self, *args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
         return self.value
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_real"], name)
 
 
 class EncoderTail(nn.Module):
@@ -185,7 +193,8 @@ class EncoderTail(nn.Module):
                                f"{tuple(activation.shape[1:])} at {self.cut}.")
         batch = activation.shape[0]
         stand_ins = {name: _Given(activation if name == self.cut else
-                                  activation.new_zeros((batch, *shape)))
+                                  activation.new_zeros((batch, *shape)),
+                                  self.backbone.get_submodule(name))
                      for name, shape in zip(self._trunk, shapes)}
         with _swapped(self.backbone, stand_ins):
             return self.backbone(activation)

@@ -1,8 +1,7 @@
 """Whole runs of the command on the built-in dataset: pretrain, then solo's evaluations (k-NN,
-linear), the stratum maps, the demo; and a killed run that resumes where solo's checkpointer
+linear), the stratum maps, the demo (a small compare); and a killed run that resumes where solo's checkpointer
 left it."""
 
-import json
 import os
 import signal
 import subprocess
@@ -69,19 +68,26 @@ def test_linear_refuses_a_backbone_that_does_not_fit(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 0 and "does not fit this model" in err
 
 
-def test_the_demo_prints_its_table_and_writes_its_files(tmp_path, capsys):
+def test_the_demo_is_a_compare_that_prints_its_table(tmp_path, capsys):
     from solo_iclmsr.cli.demo import demo
 
-    results = demo(str(tmp_path / "demo"), [*DATA, "max_epochs=1", "optimizer.batch_size=16",
-                                            "augmentations.0.crop_size=16", "iclmsr.n_strata=2",
-                                            "iclmsr.msr_width=4", "iclmsr.msr_depth=1"], quiet=True)
-    assert set(results) == {"SimCLR", "SimCLR + ICL-MSR"}
-    for arm in results.values():
-        assert set(arm) == {"full", "fg", "decorrelated"} and all(0 <= v <= 100 for v in arm.values())
-    out = capsys.readouterr().out
-    assert "5-NN top-1 (%)" in out and "SimCLR + ICL-MSR" in out
-    assert json.loads((tmp_path / "demo" / "demo_results.json").read_text())["knn5_top1"] == results
-    assert (tmp_path / "demo" / "demo_knn.png").stat().st_size > 1000
+    out = tmp_path / "demo"
+    result = demo(str(out), [*DATA, "max_epochs=1", "optimizer.batch_size=16",
+                             "augmentations.0.crop_size=16", "iclmsr.n_strata=2",
+                             "iclmsr.msr_width=4", "iclmsr.msr_depth=1"], quiet=True)
+    assert result["failed"] == {}
+    printed = capsys.readouterr().out
+    assert "| arm | full | fg | decorrelated |" in printed
+    for arm in ("base", "iclmsr"):
+        assert f"| {arm} |" in printed
+        assert (out / "runs" / arm / "seed0" / "eval.json").exists()
+    assert (out / "report.png").stat().st_size > 1000
+    assert "knn5_top1" in (out / "results.csv").read_text()
+    # run again: the runs are done, the table is printed again
+    demo(str(out), [*DATA, "max_epochs=1", "optimizer.batch_size=16",
+                    "augmentations.0.crop_size=16", "iclmsr.n_strata=2", "iclmsr.msr_width=4",
+                    "iclmsr.msr_depth=1"], quiet=True)
+    assert "| iclmsr |" in capsys.readouterr().out
 
 
 def _cli(*args, cwd, env):

@@ -8,7 +8,8 @@ from plugin_kit import METHOD_NAMES, SCRIPT_NAMES
 from solo_source import solo_source
 
 from solo_iclmsr import cli
-from solo_iclmsr.config import compose, prepare_pretrain, solo_checked
+from solo_iclmsr.config import compose, solo_checked
+from solo_iclmsr.plugin import prepare_pretrain
 from solo_iclmsr.plugin.registry import method_class
 
 ROOT = solo_source()

@@ -42,9 +42,9 @@ def test_gradient_accumulation_recomputes_the_stage1_gradient():
     reuse = []
     real = model.iclmsr_meta_step
 
-    def spy(record, raw, optimizer, reuse_grads=False, plain=None):
+    def spy(record, raw, optimizer, reuse_grads=False, *args):
         reuse.append(reuse_grads)
-        return real(record, raw, optimizer, reuse_grads, plain)
+        return real(record, raw, optimizer, reuse_grads, *args)
 
     model.iclmsr_meta_step = spy
     fit = _fit(model, max_steps=2, accumulate_grad_batches=2)

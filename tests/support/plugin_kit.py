@@ -10,7 +10,8 @@ from solo_source import solo_source
 from torch.utils.data import DataLoader, Dataset
 
 from solo_iclmsr.cli.pretrain import build_model
-from solo_iclmsr.config import compose, prepare_pretrain
+from solo_iclmsr.config import compose
+from solo_iclmsr.plugin import prepare_pretrain
 from solo_iclmsr.plugin import adapters
 
 BATCH = 8

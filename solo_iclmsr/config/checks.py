@@ -1,12 +1,11 @@
-"""From a composed config to one a run can use: the project's keys validated, then solo's own
-``parse_cfg`` (defaults for checkpointing, auto-resume, wandb, the dataset, the learning-rate
-scaling), with every rejection turned into one line that names the key.
+"""Checks of a config that read solo-learn's and timm's names, and solo's own config functions
+(``parse_cfg``, a method's constructor) called so that every rejection comes back as one line
+naming the key. ``plugin/prepare.py`` puts them together for a pretraining config.
 """
 
 from __future__ import annotations
 
 import linecache
-import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -14,9 +13,8 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from solo_iclmsr.config.names import unknown_name
-from solo_iclmsr.config.schema import validate_project_keys
 
-__all__ = ["prepare_pretrain", "check_schedule", "solo_checked", "check_backbone"]
+__all__ = ["check_schedule", "solo_checked", "check_backbone"]
 
 
 def solo_checked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -51,32 +49,6 @@ def check_backbone(name: str) -> None:
         return
     raise ValueError(unknown_name("backbone.name", name, list(BaseMethod._BACKBONES) + timm.list_models(),
                                   "(solo-learn's names, or any timm model)"))
-
-
-def prepare_pretrain(cfg: DictConfig) -> DictConfig:
-    """The project's keys, the method and backbone names, then solo's ``parse_cfg``.
-
-    Raises:
-        ValueError: one line naming the key at fault.
-    """
-    from solo.args.pretrain import parse_cfg
-
-    from solo_iclmsr.plugin.registry import method_class
-
-    OmegaConf.set_struct(cfg, False)
-    for key in ("method", "backbone.name", "data.dataset", "optimizer.batch_size", "augmentations"):
-        if OmegaConf.select(cfg, key, default=None) is None:
-            raise ValueError(f"{key} is missing from the config: set it (solo's configs in "
-                             f"scripts/pretrain/ show every key).")
-    method_class(str(cfg.method), enabled=False)  # an unknown method fails here, in one line
-    validate_project_keys(cfg)
-    method_class(str(cfg.method), enabled=cfg.iclmsr.enabled)  # ICL-MSR asked of MAE fails here
-    check_backbone(cfg.backbone.name)
-    if cfg.data.dataset == "custom" and not os.path.isdir(str(cfg.data.train_path)):
-        raise FileNotFoundError(f"data.train_path={str(cfg.data.train_path)!r} is not a folder: a "
-                                f"custom dataset is a folder of class folders (or of images, with "
-                                f"data.no_labels=true).")
-    return solo_checked(parse_cfg, cfg)
 
 
 def check_schedule(cfg: DictConfig) -> None:
