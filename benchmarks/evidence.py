@@ -109,8 +109,14 @@ ARMS: Dict[str, str] = {
     # the options that moved the strata in the previous round
     "softmax": "++iclmsr.weight_head=softmax",
     "features_softmax": "++iclmsr.msr_input=features ++iclmsr.weight_head=softmax",
+    # cheaper meta steps (BENCHMARKS.md section 1): the virtual step on the last stage, with and
+    # without a meta sub-batch of half the batch, against the meta step every fourth batch
+    "stages1": "++iclmsr.meta_stages=1",
+    "stages1_batch50": "++iclmsr.meta_stages=1 ++iclmsr.meta_batch=0.5",
+    "every4": "++iclmsr.meta_every=4",
 }
 ABLATIONS = ("frozen", "random_fixed", "uniform", "meta_none", "softmax", "features_softmax")
+CHEAPER = ("stages1", "stages1_batch50", "every4")
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,8 @@ class GridSpec:
 
 
 GRIDS: Tuple[GridSpec, ...] = (
-    GridSpec("simclr", 0.95, ("base_fg", *ABLATIONS)),
-    GridSpec("simclr", 0.0, ABLATIONS),
+    GridSpec("simclr", 0.95, ("base_fg", *ABLATIONS, *CHEAPER)),
+    GridSpec("simclr", 0.0, (*ABLATIONS, *CHEAPER)),
     GridSpec("byol", 0.95, ("base_fg",)),
     GridSpec("byol", 0.0),
     GridSpec("barlow_twins", 0.95, ("base_fg",)),

@@ -69,10 +69,11 @@ Departures and decisions:
 * Parameters of f or of the head that do not require grad are constants of the virtual step;
   modules the head-side callable uses outside ``head`` (momentum branches) are constants too.
 
-Distributed training [decision, ICLMSR.md section 4]: the core takes whatever the head-side
-callable gives. Which negatives the meta objective sees (local ones, or ones gathered from other
-ranks with a twice-differentiable gather) is decided by the caller that builds ``head_loss``; f_msr's
-gradients left in ``.grad`` are averaged across ranks by the caller like any other gradient.
+Distributed training [decision, ICLMSR.md section 4]: the meta objective is the global one when
+the caller gives ``average_grads`` (the gradients of theta this function takes itself are
+averaged over the processes, as DDP averages the model's) and a ``head_loss`` that gathers with a
+collective that can be differentiated twice; f_msr's gradients left in ``.grad`` are averaged
+over the processes by the caller, like any other gradient.
 """
 
 from __future__ import annotations
@@ -236,7 +237,9 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
               encoder_params: Optional[Collection[str]] = None,
               subset_loss: Optional[Callable[[Tensor], HeadLoss]] = None,
               generator: Optional[torch.Generator] = None,
-              diagnose: bool = False) -> MetaStepResult:
+              diagnose: bool = False,
+              average_grads: Optional[Callable[[Sequence[Tensor]], List[Tensor]]] = None,
+              gather: Optional[Callable[[Tensor], Tensor]] = None) -> MetaStepResult:
     """One meta step: add dM/dphi of M = L_ct(theta') + gamma * L_uni(A) to f_msr's ``.grad``.
 
     Args:
@@ -276,6 +279,15 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
         generator: draws the sub-batches of ``meta_batch``.
         diagnose: also measure the first-order (alignment) term of the L_ct(theta') part, see
             ``MetaStepResult``: one more directional derivative.
+        average_grads: under data parallelism, averages per-process gradients of theta over the
+            processes, as DDP averages the model's, differentiably: applied to the gradients
+            this function takes itself (v at theta', and g or v0 when it computes them, with its
+            graph for ``exact_impl: double_backward``); ``None`` for one process.
+            ``head_loss`` must then gather what the method gathers with a collective that can
+            be differentiated twice (so that the A-gradient of the directional derivative
+            reaches every process's term), and f_msr's gradients are averaged by the caller.
+        gather: concatenates every process's rows (L_uni over the batch: ``uni_over: batch``);
+            ``None`` for one process.
 
     Returns:
         ``MetaStepResult``.
@@ -300,7 +312,7 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
         raise ValueError("meta_step: weights must carry the graph of regularizer(raw); do not pass "
                          "a detached A_s.")
 
-    fn = _Functional(encoder, head, head_loss, subset_loss)
+    fn = _Functional(encoder, head, head_loss, subset_loss, average_grads)
     first_part = None
     with frozen_batch_norm(encoder, head), torch.enable_grad():
         if options.meta_grad == "none":  # an ablation: no L_ct(theta') term
@@ -318,7 +330,8 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
             if grads.first_order is not None:
                 first_part = torch.autograd.grad((weights * grads.first_order).sum(), reg_params,
                                                  retain_graph=True, allow_unused=True)
-        uni_graph = uniformity_loss(weights, options.uni_t, options.uni_over)
+        uni_weights = weights if gather is None or options.uni_over != "batch" else gather(weights)
+        uni_graph = uniformity_loss(uni_weights, options.uni_t, options.uni_over)
         if options.gamma_uni > 0 and uni_graph.requires_grad:
             uni_part = torch.autograd.grad(options.gamma_uni * uni_graph, reg_params,
                                            allow_unused=True)
@@ -418,7 +431,7 @@ def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
     else:
         features = fixed_features or [fn.encode({}, x) for x in views]
         l_ct, l_msr = fn.head({}, features, weights)
-        g = _grad_dict(l_ct + options.lambda_msr * l_msr, theta)
+        g = fn.average(_grad_dict(l_ct + options.lambda_msr * l_msr, theta))
 
     # theta' = U(theta, g) (equation (1)), with g a leaf so that w = (dU/dg)^T v is one VJP.
     base = {k: p.detach() for k, p in theta.items()}
@@ -471,7 +484,7 @@ def _plain(fn: "_Functional", views: List[Tensor], theta: ParamDict,
         return plain_grads.loss.detach(), _lookup(plain_grads.grads, theta, "plain_grads")
     features = fixed_features or [fn.encode({}, x) for x in views]
     l_plain, _ = fn.head({}, features, None)
-    return l_plain.detach(), _grad_dict(l_plain, theta)
+    return l_plain.detach(), fn.average(_grad_dict(l_plain, theta))
 
 
 def _virtual_gradient(fn: "_Functional", views: List[Tensor], virtual: ParamDict,
@@ -485,7 +498,7 @@ def _virtual_gradient(fn: "_Functional", views: List[Tensor], virtual: ParamDict
         enc_virtual = _unprefixed("encoder.", virtual_leaf)
         features = [sub_fn.encode(enc_virtual, x) for x in _rows(views, index)]
     ct_virtual, _ = sub_fn.head(_unprefixed("head.", virtual_leaf), features, None)
-    v = _grad_dict(ct_virtual, virtual_leaf)
+    v = fn.average(_grad_dict(ct_virtual, virtual_leaf))
     return ct_virtual.detach(), v
 
 
@@ -665,7 +678,8 @@ def _double_backward(fn: "_Functional", views: List[Tensor], options: ICLMSROpti
     names = list(theta)
     grads = torch.autograd.grad(l_to, [theta[k] for k in names], create_graph=True,
                                 allow_unused=True)
-    g = {k: torch.zeros_like(theta[k]) if gr is None else gr for k, gr in zip(names, grads)}
+    g = fn.average({k: torch.zeros_like(theta[k]) if gr is None else gr
+                    for k, gr in zip(names, grads)})
     virtual = virtual_step(theta, g)
     if enc_params:
         enc_virtual = _unprefixed("encoder.", virtual)
@@ -717,8 +731,11 @@ class _Functional:
     meta step, so the module's own buffers are never written by a virtual forward)."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module, head_loss: HeadLoss,
-                 subset_loss: Optional[Callable[[Tensor], HeadLoss]] = None) -> None:
+                 subset_loss: Optional[Callable[[Tensor], HeadLoss]] = None,
+                 average_grads: Optional[Callable[[Sequence[Tensor]], List[Tensor]]] = None
+                 ) -> None:
         self.encoder, self.head_loss, self.subset_loss = encoder, head_loss, subset_loss
+        self.average_grads = average_grads
         self.wrapper = _HeadCall(head)
         self.enc_buffers = _buffer_copies(encoder)
         self.head_buffers = _prefixed("head.", _buffer_copies(head))
@@ -731,6 +748,12 @@ class _Functional:
         other = copy.copy(self)
         other.head_loss = self.subset_loss(index)
         return other
+
+    def average(self, grads: ParamDict) -> ParamDict:
+        """Per-process gradients averaged over the processes (the identity for one)."""
+        if self.average_grads is None:
+            return grads
+        return dict(zip(grads, self.average_grads(list(grads.values()))))
 
     def encode(self, params: ParamDict, x: Tensor) -> Tensor:
         """f(x) with ``params`` substituted (the module's own parameters for the rest)."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from solo_iclmsr.plugin import collectives
 from solo_iclmsr.plugin.replay import StepRecord, method_outputs, momentum_outputs
 
 __all__ = [
@@ -86,16 +87,20 @@ def head_module_names(module: nn.Module) -> List[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# log P of every positive, per method, from one stratum's outputs. Negatives are local (see
-# replay.py); each mirrors its solo loss function.
+# log P of every positive, per method, from one stratum's outputs. Each mirrors its solo loss
+# function, with its negatives from every rank (``collectives.gather``, which the meta step can
+# differentiate twice); the anchors are this rank's.
 # --------------------------------------------------------------------------------------------
 def _positive_set_log_probs(z: Tensor, indexes: Tensor, tau: float) -> Tensor:
     """solo's ``simclr_loss_func`` per anchor: log(pos / (pos + neg)), pos summing over the other
-    crops with the same index (one positive for two crops), neg over different indexes."""
+    crops with the same index (one positive for two crops), neg over different indexes; the
+    candidates are every rank's crops."""
     z = F.normalize(z, dim=-1)
-    logits = z @ z.T / tau  # (M, M)
-    same = indexes[:, None] == indexes[None, :]
-    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = z @ collectives.gather(z).T / tau  # (M, world * M)
+    same = indexes[:, None] == collectives.gather(indexes)[None, :]
+    self_mask = torch.zeros_like(same)
+    offset = collectives.rank() * len(z)
+    self_mask[:, offset:offset + len(z)] = torch.eye(len(z), dtype=torch.bool, device=z.device)
     pos = torch.logsumexp(logits.masked_fill(~same | self_mask, float("-inf")), dim=1)
     return pos - torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
 
@@ -119,7 +124,8 @@ def _supcon(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord
 
 def _mocov2plus(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
                 tau: float) -> Tensor:
-    # q of view j against the momentum key of the other view and the queue of its past keys.
+    # q of view j against the momentum key of the other view and the queue of its past keys
+    # (solo's loss: this rank's keys; the queue holds every rank's).
     keys = [out["z"] for out in _momentum(module, record)]
     queue = module.queue.detach()
     log_probs = []
@@ -130,26 +136,36 @@ def _mocov2plus(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRe
     return torch.cat(log_probs)
 
 
+def _diagonal_log_probs(logits: Tensor) -> Tensor:
+    """log softmax of each row's own entry among every rank's columns (this rank's block)."""
+    offset = collectives.rank() * len(logits)
+    own = logits[torch.arange(len(logits), device=logits.device), offset + torch.arange(
+        len(logits), device=logits.device)]
+    return own - torch.logsumexp(logits, dim=1)
+
+
 def _mocov3(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
             tau: float) -> Tensor:
-    # q of view j against the momentum keys of the other view; the positive is the same image.
+    # q of view j against the momentum keys of the other view from every rank; the positive is
+    # the same image.
     keys = [F.normalize(out["k"], dim=1) for out in _momentum(module, record)]
     log_probs = []
     for q, key in ((outputs[0]["q"], keys[1]), (outputs[1]["q"], keys[0])):
-        logits = F.normalize(q, dim=1) @ key.T / tau
-        log_probs.append(logits.diagonal() - torch.logsumexp(logits, dim=1))
+        logits = F.normalize(q, dim=1) @ collectives.gather(key.detach()).T / tau
+        log_probs.append(_diagonal_log_probs(logits))
     return torch.cat(log_probs)
 
 
 def _nnclr(module: nn.Module, outputs: List[Dict[str, Any]], record: StepRecord,
            tau: float) -> Tensor:
     # The positive of the prediction p of one view is the support-set neighbour of the other
-    # view's embedding, found from the unweighted embeddings (a constant, as in NNCLR's step).
+    # view's embedding, found from the unweighted embeddings (a constant, as in NNCLR's step);
+    # the predictions of every rank are the candidates.
     neighbours = record.cached("nnclr_neighbours", lambda: _nnclr_neighbours(module, record))
     log_probs = []
     for nn_other, out in ((neighbours[0], outputs[1]), (neighbours[1], outputs[0])):
-        logits = F.normalize(nn_other, dim=-1) @ F.normalize(out["p"], dim=-1).T / tau
-        log_probs.append(logits.diagonal() - torch.logsumexp(logits, dim=1))
+        p = collectives.gather(F.normalize(out["p"], dim=-1))
+        log_probs.append(_diagonal_log_probs(F.normalize(nn_other, dim=-1) @ p.T / tau))
     return torch.cat(log_probs)
 
 

@@ -17,11 +17,16 @@ Per training batch, with ``schedule: interleaved`` (ICLMSR.md section 4):
 ``schedule: two_stage`` runs the paper's literal two passes: no meta step during the epoch, then
 a second pass over the training data that updates only f_msr.
 
-Distributed: f_msr's parameters are kept ``requires_grad=False`` outside the meta step, so DDP
-neither registers nor waits for them; its meta-gradients are averaged across ranks by hand before
-its optimizer steps. The meta step calls the bare backbone and heads, never the DDP wrapper, and
-asks autograd for gradients with ``torch.autograd.grad``, so DDP's reducer is not involved.
-ICL-MSR's terms take their negatives from the local batch (``replay.local_collectives``).
+Distributed: every ICL-MSR term is computed as the method computes its own loss across ranks:
+the replays see the process group and gather with collectives that can be differentiated twice
+and in forward mode (``collectives.py``), SyncBatchNorm inside the meta step uses the global
+statistics, and the gradients of theta the meta step takes itself (v at theta', v0, the
+diagnostics') are averaged over the ranks as DDP averages the model's. f_msr's parameters are
+kept ``requires_grad=False`` outside the meta step, so DDP neither registers nor waits for them;
+its meta-gradients are averaged over the ranks before its optimizer steps, which makes them the
+gradient of the global meta objective. The meta step calls the bare backbone and heads, never the
+DDP wrapper, and asks autograd for gradients with ``torch.autograd.grad``, so DDP's reducer is
+not involved.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -40,7 +44,7 @@ from solo_iclmsr.config.schema import with_iclmsr_defaults
 from solo_iclmsr.core import (ICLMSROptions, PlainGrads, build_strata, collect_grads,
                               frozen_batch_norm, gradient_cosine, meta_step, msr_loss,
                               optimizer_step, resolve_alpha, strata_diagnostics, uniformity_loss)
-from solo_iclmsr.plugin import adapters, replay
+from solo_iclmsr.plugin import adapters, collectives, replay
 from solo_iclmsr.plugin.backbones import (SMALL_IMAGE_DATASETS, feature_map, solo_cifar_stem,
                                           timm_backbone_for)
 from solo_iclmsr.plugin.second_order import disable_fused_attention, twice_differentiable
@@ -178,8 +182,9 @@ class ICLMSRMixin:
             with replay.replaying(self, record):
                 l_msr = self._msr_loss(record, record.feats, weights)
         diagnostics = strata_diagnostics(weights).as_dict("strata/")
+        uni_weights = collectives.gather(weights) if self.iclmsr.uni_over == "batch" else weights
         self.log_dict({"train_msr_loss": l_msr.detach(),
-                       "train_uni_loss": uniformity_loss(weights, self.iclmsr.uni_t,
+                       "train_uni_loss": uniformity_loss(uni_weights, self.iclmsr.uni_t,
                                                          self.iclmsr.uni_over),
                        **diagnostics}, on_epoch=True, on_step=False, sync_dist=True)
         plain = self._plain_grads(loss) if plain_needed else None
@@ -201,8 +206,8 @@ class ICLMSRMixin:
         """cos(grad_theta L_msr, grad_theta L_ct) on the batch, from the stage-1 graph (the
         first-order reading of the meta objective, ICLMSR.md section 8)."""
         _, params = self._theta()
-        msr = torch.autograd.grad(l_msr, list(params.values()), retain_graph=True,
-                                  allow_unused=True)
+        msr = collectives.average(torch.autograd.grad(l_msr, list(params.values()),
+                                                      retain_graph=True, allow_unused=True))
         return gradient_cosine([plain.grads[k] for k in params], msr, list(params.values()))
 
     def _iclmsr_raw_images(self, batch: Sequence[Any]) -> Tensor:
@@ -218,8 +223,8 @@ class ICLMSRMixin:
         features = None
         if self.msr.reads_features:
             with frozen_batch_norm(self.backbone):
-                features = feature_map(self.backbone, raw.float())
-        return self.msr(raw.float(), features)
+                features = feature_map(self.backbone, _float32(raw))
+        return self.msr(_float32(raw), features)
 
     def _msr_loss(self, record: replay.StepRecord, feats: Sequence[Tensor], weights: Tensor) -> Tensor:
         """L_msr on a_t-weighted per-crop features, in the configured reading (ICLMSR.md 3).
@@ -253,12 +258,12 @@ class ICLMSRMixin:
 
     def _plain_grads(self, loss: Tensor) -> PlainGrads:
         """grad_theta L_ct(theta) from the stage-1 graph (the method's loss; its online
-        classifiers do not reach theta): v0 of ``meta_grad: linearized`` and of the
-        diagnostics."""
+        classifiers do not reach theta), averaged over the ranks: v0 of ``meta_grad:
+        linearized`` and of the diagnostics."""
         _, params = self._theta()
-        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True,
-                                    allow_unused=True)
-        return PlainGrads(loss.detach().float(), dict(zip(params, grads)))
+        grads = collectives.average(torch.autograd.grad(loss, list(params.values()),
+                                                        retain_graph=True, allow_unused=True))
+        return PlainGrads(_float32(loss.detach()), dict(zip(params, grads)))
 
     # ---------------------------------------------------------------------------------------
     # Stage 2
@@ -311,12 +316,15 @@ class ICLMSRMixin:
 
         generator = torch.Generator().manual_seed(self._iclmsr_seed() * 1_000_003
                                                   + int(self.global_step))
-        raw = raw.float()
+        raw = _float32(raw)
         with _trainable(self.msr), replay.replaying(self, record), twice_differentiable(self), \
                 torch.autocast(raw.device.type, enabled=False):
             weights = self._proposals(raw)
+            parallel = collectives.distributed()
             kwargs = dict(virtual_step=virtual_step, stage1_grads=stage1, plain_grads=plain,
                           weights=weights, generator=generator, diagnose=diagnose,
+                          average_grads=collectives.average if parallel else None,
+                          gather=collectives.gather if parallel else None,
                           encoder_params=None if tail is None else tail.parameter_names(),
                           subset_loss=lambda index: head_loss_of(record.subset(index)))
             try:
@@ -350,12 +358,11 @@ class ICLMSRMixin:
         return {k: float(v) for k, v in metrics.items()}
 
     def _average_msr_grads(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        for p in self.msr.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(dist.get_world_size())
+        """f_msr's meta-gradients averaged over the ranks: the gradient of the global meta
+        objective (each rank's is the part through its own images' strata)."""
+        params = [p for p in self.msr.parameters() if p.grad is not None]
+        for p, g in zip(params, collectives.average([p.grad for p in params])):
+            p.grad = g
 
     # ---------------------------------------------------------------------------------------
     # schedule: two_stage

@@ -17,12 +17,11 @@ classifiers' losses are left out (they are not the SSL loss), every buffer (queu
 SwAV's queue, BatchNorm statistics of the heads) holds the values the real step started from and
 gets its own values back afterwards, and the random state is restored.
 
-Distributed training [decision, ICLMSR.md section 4]: inside a replay ``torch.distributed``
-reports no process group, so solo's ``gather``, ``get_rank`` and ``concat_all_gather_no_grad`` and
-``SyncBatchNorm`` act on the local batch: every ICL-MSR term (L_msr and the meta objective)
-takes its negatives from the local batch. solo's gather layer backpropagates with an
-``all_reduce`` that autograd does not differentiate again, so a second-order meta-gradient
-through gathered negatives would silently miss the other ranks' terms.
+Distributed training [ICLMSR.md section 4]: a replay sees the process group, as the method's own
+step does, so every ICL-MSR term (L_msr and the meta objective) takes its negatives and its
+statistics from the global batch; inside a replay solo's losses gather and all-reduce with the
+collectives of ``collectives.py``, which can be differentiated twice and in forward mode
+(solo's gather layer backpropagates once only).
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from solo_iclmsr.plugin.collectives import solo_collectives
 
 __all__ = [
     "StepRecord",
@@ -43,7 +43,6 @@ __all__ = [
     "method_loss",
     "method_outputs",
     "momentum_outputs",
-    "local_collectives",
     "method_state",
 ]
 
@@ -140,20 +139,6 @@ def _no_log(*args: Any, **kwargs: Any) -> None:
 
 
 @contextlib.contextmanager
-def local_collectives() -> Iterator[None]:
-    """Inside the block ``torch.distributed`` reports no process group (see module docstring)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        yield
-        return
-    real = dist.is_initialized
-    dist.is_initialized = lambda: False
-    try:
-        yield
-    finally:
-        dist.is_initialized = real
-
-
-@contextlib.contextmanager
 def replaying(module: nn.Module, record: StepRecord) -> Iterator[None]:
     """Replays inside the block see the method's pre-step state and leave no trace."""
     # Every buffer is replaced by a copy for the duration, so that what a replay writes in place
@@ -179,7 +164,7 @@ def replaying(module: nn.Module, record: StepRecord) -> Iterator[None]:
         buffers = dict(module.named_buffers())
         for name, value in record.state.items():
             buffers[name].copy_(value)
-        with local_collectives():
+        with solo_collectives():
             yield
     finally:
         for name in shadowed:

@@ -11,7 +11,12 @@ the backbone in forward mode). Two kinds of module do not allow it:
   differentiated more than once (the gradient diagnostics, ``meta_grad: linearized``), its
   forward runs as the same computation written with plain torch operations
   (:func:`twice_differentiable`), whose derivatives are autograd's; its running statistics are
-  not updated on such a step.
+  not updated on such a step;
+* torch's ``SyncBatchNorm`` (``sync_batchnorm: True`` under DDP) has no forward-mode rule and a
+  backward that cannot be differentiated again; in the same blocks it runs as
+  ``collectives.global_batch_norm``: the global batch's statistics through collectives that can
+  be differentiated in every mode (running statistics updated as SyncBatchNorm updates them,
+  where they are tracked).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from typing import Iterator, List
 import torch
 from torch import Tensor, nn
 
-__all__ = ["disable_fused_attention", "twice_differentiable", "iter_norm_forward"]
+from solo_iclmsr.plugin.collectives import all_reduce_sum, distributed, global_batch_norm
+
+__all__ = ["disable_fused_attention", "twice_differentiable", "iter_norm_forward",
+           "sync_batch_norm_forward"]
 
 
 def disable_fused_attention(*modules: nn.Module) -> None:
@@ -57,14 +65,41 @@ def iter_norm_forward(norm: nn.Module, X: Tensor) -> Tensor:
     return out * norm.weight + norm.bias if norm.affine else out
 
 
+def sync_batch_norm_forward(norm: nn.SyncBatchNorm, x: Tensor) -> Tensor:
+    """``SyncBatchNorm``'s forward with the global statistics written as differentiable
+    collectives (``collectives.global_batch_norm``); running statistics used in eval mode and
+    updated in training mode where they are tracked (momentum, unbiased variance, as torch)."""
+    if not (norm.training or norm.running_mean is None):
+        return torch.nn.functional.batch_norm(x, norm.running_mean, norm.running_var, norm.weight,
+                                              norm.bias, False, 0.0, norm.eps)
+    y = global_batch_norm(x, norm.weight, norm.bias, norm.eps)
+    if norm.training and norm.track_running_stats and norm.running_mean is not None:
+        with torch.no_grad():
+            dims = [0] + list(range(2, x.dim()))
+            count = all_reduce_sum(x.new_tensor(float(x.numel() // x.shape[1])))
+            mean = all_reduce_sum(x.sum(dims)) / count
+            var = all_reduce_sum((x - mean.view(1, -1, *[1] * (x.dim() - 2))).pow(2).sum(dims))
+            momentum = 0.1 if norm.momentum is None else norm.momentum
+            norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            norm.running_var.mul_(1 - momentum).add_(momentum * var / (count - 1))
+            norm.num_batches_tracked.add_(1)
+    return y
+
+
 @contextlib.contextmanager
 def twice_differentiable(module: nn.Module) -> Iterator[None]:
-    """Inside the block, solo's ``IterNorm`` modules of ``module`` run ``iter_norm_forward``."""
+    """Inside the block, solo's ``IterNorm`` modules of ``module`` run ``iter_norm_forward`` and,
+    under data parallelism, its ``SyncBatchNorm`` modules ``sync_batch_norm_forward``."""
     from solo.utils.whitening import IterNorm
 
-    shadowed: List[nn.Module] = [m for m in module.modules() if isinstance(m, IterNorm)]
-    for norm in shadowed:
-        norm.forward = lambda X, norm=norm: iter_norm_forward(norm, X)
+    shadowed: List[nn.Module] = []
+    for m in module.modules():
+        if isinstance(m, IterNorm):
+            m.forward = lambda X, norm=m: iter_norm_forward(norm, X)
+            shadowed.append(m)
+        elif isinstance(m, nn.SyncBatchNorm) and distributed():
+            m.forward = lambda X, norm=m: sync_batch_norm_forward(norm, X)
+            shadowed.append(m)
     try:
         yield
     finally:
