@@ -1,15 +1,18 @@
 """solo-iclmsr: ICL-MSR (Interventional Contrastive Learning with Meta Semantic Regularizer)
 for every self-supervised method of solo-learn."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "solo_iclmsr" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="solo-iclmsr",
-    version="0.1.0",
+    version=VERSION,
     description="ICL-MSR (ICML 2022) as a plug-in regularizer for solo-learn's SSL methods",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -29,6 +32,7 @@ setup(
         "einops>=0.6",
         "omegaconf>=2.3",
         "hydra-core>=1.3",
+        "hydra-joblib-launcher>=1.2",
         "numpy>=1.24",
         "pillow>=9",
         "scipy>=1.10",
@@ -38,7 +42,8 @@ setup(
         "tensorboard>=2.12",
         "pycocotools>=2.0",
     ],
-    extras_require={"dev": ["pytest>=7.4"], "wandb": ["wandb"]},
+    extras_require={"dev": ["pytest>=7.4", "hydra-submitit-launcher>=1.2"],
+                    "slurm": ["hydra-submitit-launcher>=1.2"], "wandb": ["wandb"]},
     entry_points={"console_scripts": ["solo-iclmsr = solo_iclmsr.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

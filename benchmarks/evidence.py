@@ -14,14 +14,24 @@ on foreground-only images: the precondition, and the paper's 2x2 motivation tabl
 <grid>/``; this script adds only what compare does not do: the targets across grids, the 2x2
 table, and the strata analyses (probe statistics on held-out images and stratum maps).
 
+A dataset with real foreground masks (``--masks coco --annotations FILE --image-root DIR``, or
+``--masks folder --image-root DIR [--masks-root DIR]``) gives one more grid, ``masked``: SimCLR
+trained on the full (``base``, ``iclmsr``) and foreground-only (``base_fg``) images of four fifths
+of the set, written once as ImageFolder trees of PNGs and trained on as solo's ``custom`` dataset,
+and tested by compare on the held-out fifth in its full / fg / bg versions
+(``data.loaders.evaluation_sets``): the paper's 2x2 table on real masks.
+
 A grid is resumable as compare is: the same command after an interruption trains only what is
-missing. ``--report-only`` rebuilds every report from the run folders.
+missing. ``--report-only`` rebuilds every report from the run folders; ``--set KEY=VALUE`` adds a
+Hydra override to every run (after the scale's), e.g. to shrink a scale for a smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -121,15 +131,16 @@ CHEAPER = ("stages1", "stages1_batch50", "every4")
 
 @dataclass(frozen=True)
 class GridSpec:
-    """One comparison: a method at one rho, and its extra arms."""
+    """One comparison: a method at one rho (or on a masked set), and its extra arms."""
 
     method: str
     rho: float
     arms: Tuple[str, ...] = ()
+    masked: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.method}-rho{self.rho:g}"
+        return "masked" if self.masked else f"{self.method}-rho{self.rho:g}"
 
 
 GRIDS: Tuple[GridSpec, ...] = (
@@ -160,20 +171,374 @@ def grid_overrides(scale: Scale, method: str, rho: float) -> List[str]:
 
 
 def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs: int,
-             report_only: bool = False) -> Dict[str, Any]:
+             report_only: bool = False, extra: Sequence[str] = (),
+             arms: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """One grid through ``solo-iclmsr compare``; its report copied beside this script's."""
     from solo_iclmsr.cli.compare import compare
 
-    result = compare(str(CONFIGS), grid.method, str(out / grid.name),
-                     grid_overrides(scale, grid.method, grid.rho), seeds,
-                     [(name, ARMS[name]) for name in grid.arms], equal_time=True, eval=["knn"],
-                     knn_k=[5, 20], jobs=jobs, report_only=report_only, quiet=True)
+    arms = dict(ARMS, **(arms or {}))
+    result = compare(os.path.relpath(CONFIGS), grid.method, str(out / grid.name),
+                     [*grid_overrides(scale, grid.method, grid.rho), *extra], seeds,
+                     [(name, arms[name]) for name in grid.arms], equal_time=not grid.masked,
+                     eval=["knn"], knn_k=[5, 20], jobs=jobs, report_only=report_only, quiet=True)
     target = RESULTS / "evidence" / grid.name
     target.mkdir(parents=True, exist_ok=True)
     for key in ("report", "results", "figure"):
         if key in result:
             shutil.copy(result[key], target / Path(result[key]).name)
     return result
+
+
+@dataclass
+class MaskSource:
+    """A dataset with foreground masks (``solo_iclmsr.data.masks``), as ``diagnostics.*`` keys."""
+
+    kind: str  # coco or folder
+    image_root: str
+    annotations: Optional[str] = None
+    masks_root: Optional[str] = None
+
+    def overrides(self) -> List[str]:
+        out = [f"++diagnostics.masks={self.kind}", f"++diagnostics.image_root='{self.image_root}'"]
+        if self.annotations:
+            out.append(f"++diagnostics.annotations='{self.annotations}'")
+        if self.masks_root:
+            out.append(f"++diagnostics.masks_root='{self.masks_root}'")
+        return out
+
+
+def materialise(cfg: Any, variant: str, folder: Path) -> Path:
+    """The training part (``masks.held_out_split``) of the masked set of ``cfg`` in one variant,
+    as an ImageFolder tree of PNGs (``folder/<label>/<index>.png``, labels zero-padded so that
+    folder order is label order); written once (a ``complete`` marker), then reused."""
+    from PIL import Image
+
+    from solo_iclmsr.data.loaders import masked_dataset
+    from solo_iclmsr.data.masks import held_out_split
+
+    if (folder / "complete").exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    dataset = masked_dataset(cfg, variant)
+    train, _ = held_out_split(dataset.labels)
+    for i in train:
+        _, image, label = dataset[i]
+        target = folder / f"{int(label):04d}"
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(target / f"{int(i):06d}.png")
+    (folder / "complete").write_text(f"{len(train)}\n")
+    return folder
+
+
+def run_masked_grid(scale: Scale, masks: MaskSource, seeds: Sequence[int], out: Path, jobs: int,
+                    report_only: bool = False, extra: Sequence[str] = ()) -> Dict[str, Any]:
+    """SimCLR on the masked set's full and fg training images, tested on its held-out images."""
+    from omegaconf import OmegaConf
+
+    size = next((int(o.split("=")[1]) for o in scale.overrides
+                 if o.startswith("augmentations.0.crop_size=")), 32)
+    base = OmegaConf.create({"data": {"image_size": size}, "diagnostics": {
+        "masks": masks.kind, "image_root": masks.image_root, "annotations": masks.annotations,
+        "masks_root": masks.masks_root, "mask_suffix": "_mask"}})
+    trees = {v: materialise(base, v, out / "_masked" / v) for v in ("full", "fg")}
+    overrides = ["data.dataset=custom", f"data.train_path='{os.path.relpath(trees['full'])}'",
+                 "++data.val_path=null", f"++data.image_size={size}", *masks.overrides(), *extra]
+    fg = f"++iclmsr.enabled=false data.train_path='{os.path.relpath(trees['fg'])}'"
+    return run_grid(scale, GridSpec("simclr", 0.0, ("base_fg",), masked=True), seeds, out, jobs,
+                    report_only, overrides, {"base_fg": fg})
+
+
+# ----------------------------------------------------------------------------------------------
+# What compare does not do: the targets across grids, the 2x2 table, the strata analyses
+# ----------------------------------------------------------------------------------------------
+NOTES = "## Reading"
+
+
+class GridResults:
+    """The finished runs of one grid, from its ``results.csv`` and run folders."""
+
+    def __init__(self, grid: GridSpec, folder: Path) -> None:
+        from solo_iclmsr.compare.report import collect
+
+        self.grid, self.folder = grid, folder
+        rows, self.diagnostics = collect(folder) if folder.exists() else ([], {})
+        self.values: Dict[Tuple[str, str, str], Dict[int, float]] = {}
+        self.rows = rows
+        for r in rows:
+            self.values.setdefault((r.metric, r.arm, r.test_set), {})[r.seed] = r.value
+
+    def seeds(self, arm: str, test: str = "fg", metric: str = PRIMARY) -> Dict[int, float]:
+        return self.values.get((metric, arm, test), {})
+
+    def has(self, arm: str) -> bool:
+        return bool(self.seeds(arm))
+
+    def cell(self, arm: str, test: str = "fg", metric: str = PRIMARY) -> str:
+        from solo_iclmsr.compare.report import mean_std
+
+        vals = list(self.seeds(arm, test, metric).values())
+        return mean_std(vals) if vals else "-"
+
+    def paired(self, arm: str, other: str, test: str = "fg") -> Tuple[float, Optional[float], int]:
+        from solo_iclmsr.compare.report import paired_difference
+
+        a, b = self.seeds(arm, test), self.seeds(other, test)
+        return paired_difference([(a[s], b[s]) for s in a if s in b])
+
+    def paired_cell(self, arm: str, other: str, test: str = "fg") -> str:
+        d, half, n = self.paired(arm, other, test)
+        if n == 0:
+            return "-"
+        return f"{d:+.1f}" + (f" [{d - half:+.1f}, {d + half:+.1f}]" if half else "") + f" (n={n})"
+
+    def step_ratio(self, arm: str, other: str = "base") -> Optional[float]:
+        """CPU time per step of ``arm`` over ``other`` (means over seeds)."""
+        def mean(a: str) -> Optional[float]:
+            vals = {r.seed: r.cpu_seconds_per_step for r in self.rows
+                    if r.arm == a and not math.isnan(r.cpu_seconds_per_step)}
+            return statistics.mean(vals.values()) if vals else None
+
+        a, b = mean(arm), mean(other)
+        return a / b if a and b else None
+
+    def train_ratio(self, arm: str, other: str = "base") -> Optional[float]:
+        def mean(a: str) -> Optional[float]:
+            vals = {r.seed: r.train_seconds for r in self.rows if r.arm == a}
+            return statistics.mean(vals.values()) if vals else None
+
+        a, b = mean(arm), mean(other)
+        return a / b if a and b else None
+
+    def diagnostic(self, arm: str, key: str) -> Optional[float]:
+        vals = [d[key] for (a, _), d in self.diagnostics.items() if a == arm and key in d]
+        return statistics.mean(vals) if vals else None
+
+
+def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def _pooled_gain(g: GridResults, arm: str = "iclmsr", base: str = "base") -> Tuple[float, float, int]:
+    """(mean(arm) - mean(base), pooled sample std, min n) on fg 5-NN."""
+    a, b = list(g.seeds(arm).values()), list(g.seeds(base).values())
+    if not a or not b:
+        return float("nan"), float("nan"), 0
+    d = statistics.mean(a) - statistics.mean(b)
+    pooled = (math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
+              if len(a) > 1 and len(b) > 1 else float("nan"))
+    return d, pooled, min(len(a), len(b))
+
+
+def precondition_section(grids: Dict[str, GridResults]) -> List[str]:
+    lines = ["## 1. Precondition and the paper's 2x2 table", "",
+             f"`base_fg`: the base method trained on foreground-only images. Precondition "
+             f"(ICLMSR.md section 5): it scores >= 2x chance ({2 * CHANCE:g}) on foreground-only "
+             f"test images. With `base` (trained on full images) it gives the 2x2 table of the "
+             f"paper's motivation: train {{full, fg}} x test {{full, fg}} (5-NN top-1, bank in "
+             f"the training variant, mean ± std over the seeds), and the test on images whose "
+             f"background is drawn independently of the class.", ""]
+    rows = []
+    for name, g in grids.items():
+        if not g.has("base_fg") or g.grid.masked:
+            continue
+        fg = list(g.seeds("base_fg").values())
+        ok = statistics.mean(fg) >= 2 * CHANCE
+        rows.append([g.grid.method, f"{g.grid.rho:g}", g.cell("base", "full"), g.cell("base", "fg"),
+                     g.cell("base", "decorrelated"), g.cell("base_fg", "full"),
+                     g.cell("base_fg", "fg"), g.cell("base_fg", "decorrelated"),
+                     "yes" if ok else "NO"])
+    lines += [_table(["method", "rho", "trF/teF", "trF/teFG", "trF/teDecor", "trFG/teF",
+                      "trFG/teFG", "trFG/teDecor", ">= 2x chance"], rows), ""]
+    masked = grids.get("masked")
+    if masked is not None and masked.has("base") and masked.has("base_fg"):
+        lines += ["On the dataset with real masks (SimCLR; tested on its held-out fifth; 'bg': the "
+                  "background alone, the foreground painted gray):", "",
+                  _table(["arm", "teF", "teFG", "teBG"],
+                         [[arm] + [masked.cell(arm, t) for t in ("full", "fg", "bg")]
+                          for arm in ("base", "base_fg", "iclmsr") if masked.has(arm)]), ""]
+    return lines
+
+
+def effect_section(grids: Dict[str, GridResults]) -> Tuple[List[str], Dict[str, Any]]:
+    lines = ["## 2. ICL-MSR against the base method, and against the base method trained as long",
+             "", "5-NN top-1 on foreground-only test images (mean ± std over the seeds); "
+             "seed-paired differences with their 95% t-interval; `base_equal_time` is the base "
+             "method trained for the time ICL-MSR took (its epochs scaled by the measured "
+             "per-step CPU time ratio of the two runs of the same seed). Full-image and "
+             "background-decorrelated test sets in the grids' reports.", ""]
+    rows, verdict = [], {"gains": [], "rho0": [], "equal_time": []}
+    for name, g in grids.items():
+        if not (g.has("base") and g.has("iclmsr")) or g.grid.masked:
+            continue
+        d, pooled, n = _pooled_gain(g)
+        rows.append([g.grid.method, f"{g.grid.rho:g}", g.cell("base"), g.cell("iclmsr"),
+                     g.cell("base_equal_time"), g.paired_cell("iclmsr", "base"),
+                     g.paired_cell("iclmsr", "base_equal_time"),
+                     g.paired_cell("iclmsr", "base", "full"),
+                     g.paired_cell("iclmsr", "base", "decorrelated"),
+                     _fmt(g.step_ratio("iclmsr"), ".2f", "x"),
+                     f"{statistics.mean(r.max_epochs for r in g.rows if r.arm == 'base_equal_time'):.1f}"
+                     if g.has("base_equal_time") else "-"])
+        if g.grid.rho >= 0.95:
+            verdict["gains"].append((g.grid.method, d, pooled, n))
+        if g.grid.rho == 0.0:
+            verdict["rho0"].append((g.grid.method, g.paired("iclmsr", "base")[0]))
+        if g.has("base_equal_time"):
+            verdict["equal_time"].append((g.grid.method, g.grid.rho,
+                                          g.paired("iclmsr", "base_equal_time")[0], d))
+    lines += [_table(["method", "rho", "base fg", "iclmsr fg", "base_equal_time fg",
+                      "iclmsr - base, fg", "iclmsr - base_equal_time, fg",
+                      "iclmsr - base, full", "iclmsr - base, decorrelated",
+                      "CPU s/step, iclmsr / base", "equal-time epochs"], rows), ""]
+    met = [m for m, d, pooled, n in verdict["gains"] if n >= 3 and d >= 2 and d > pooled]
+    lines += ["Targets (5-NN top-1 on foreground-only test images, 3 seeds):", ""]
+    lines.append(f"* ICL-MSR >= +2 over `base` at rho 0.95, beyond the pooled std, for at least 3 "
+                 f"of the 5 methods: {len(met)} of {len(verdict['gains'])} ("
+                 + ", ".join(f"{m} {d:+.1f} vs pooled std {pooled:.1f}"
+                             for m, d, pooled, _ in verdict["gains"])
+                 + f"): {'MET' if len(met) >= 3 else 'NOT MET'}")
+    if verdict["rho0"]:
+        lost = [m for m, d in verdict["rho0"] if d < -0.5]
+        lines.append("* no method loses more than 0.5 at rho 0 (fg): "
+                     + ", ".join(f"{m} {d:+.1f}" for m, d in verdict["rho0"])
+                     + f": {'MET' if not lost else 'NOT MET'}")
+    gaining = [(m, r, e) for m, r, e, d in verdict["equal_time"] if d > 0]
+    if verdict["equal_time"]:
+        lines.append("* ICL-MSR >= `base_equal_time` where it gains over `base`: "
+                     + (", ".join(f"{m} rho {r:g}: {e:+.1f}" for m, r, e in gaining) or "no gain")
+                     + (f": {'MET' if all(e >= 0 for _, _, e in gaining) else 'NOT MET'}"
+                        if gaining else ""))
+    lines.append("")
+    return lines, verdict
+
+
+def arms_section(grids: Dict[str, GridResults], arms: Sequence[str], title: str,
+                 text: str) -> List[str]:
+    lines = [title, "", text, ""]
+    for name, g in grids.items():
+        present = [a for a in ("iclmsr", *arms) if g.has(a)]
+        if len(present) < 2:
+            continue
+        rows = [["base"] + [g.cell("base", t) for t in TESTS] + ["-", "1.00x"]]
+        for arm in present:
+            rows.append([arm] + [g.cell(arm, t) for t in TESTS]
+                        + [g.paired_cell(arm, "iclmsr") if arm != "iclmsr" else "-",
+                           _fmt(g.step_ratio(arm), ".2f", "x")])
+        lines += [f"### {g.grid.method}, rho {g.grid.rho:g}", "",
+                  _table(["arm", "5-NN full", "5-NN fg", "5-NN decorrelated",
+                          "arm - iclmsr, fg (seed-paired)", "CPU s/step / base"], rows), ""]
+    return lines
+
+
+def ablation_verdict(grids: Dict[str, GridResults]) -> List[str]:
+    lines = []
+    for name, g in grids.items():
+        if not (g.has("frozen") and g.has("random_fixed")):
+            continue
+        diffs = {a: g.paired("iclmsr", a)[0] for a in ("frozen", "random_fixed")}
+        ok = all(d >= 1 for d in diffs.values())
+        lines.append(f"* {g.grid.method} rho {g.grid.rho:g}: learned - frozen "
+                     f"{diffs['frozen']:+.1f}, learned - random_fixed {diffs['random_fixed']:+.1f} "
+                     f"(fg 5-NN, seed-paired): the learned strata beat both by >= 1 point: "
+                     f"{'yes' if ok else 'NO: the learned strata add nothing at this scale'}")
+    return lines + [""] if lines else []
+
+
+def diagnostics_section(grids: Dict[str, GridResults]) -> List[str]:
+    lines = ["## 5. The first-order reading of the meta objective (ICLMSR.md section 8)", "",
+             "Mean over the seeds of the last epoch of each ICL-MSR run (logged every 16 steps): "
+             "the cosine between grad_theta L_msr and grad_theta L_ct on the batch; the cosine of "
+             "the meta-gradient's first-order (alignment) term with its exact L_ct(theta') part, "
+             "and the norms of that term, of the rest (curvature) and of the gamma L_uni part; "
+             "on held-out images the largest per-stratum cross-image cosine of a_t, the "
+             "variation of A explained by the class over chance, and the share of a_t's weight "
+             "on foreground-preferring channels against a uniform weighting's.", ""]
+    rows = []
+    for name, g in grids.items():
+        for arm in ("iclmsr", "softmax", "features_softmax"):
+            if not g.has(arm):
+                continue
+            d = lambda key: g.diagnostic(arm, key)  # noqa: E731
+            fg, uniform = d("strata_probe/fg_share"), d("strata_probe/fg_share_uniform")
+            rows.append([g.grid.method, f"{g.grid.rho:g}", arm,
+                         _fmt(d("diag/grad_cos_msr_ct")), _fmt(d("diag/meta_first_order_cos")),
+                         _fmt(d("diag/meta_first_order_norm"), ".2e"),
+                         _fmt(d("diag/meta_curvature_norm"), ".2e"),
+                         _fmt(d("train_meta_grad_norm_uni"), ".2e"),
+                         _fmt(d("strata_probe/cross_image_cos")),
+                         _fmt(d("strata_probe/explained_by_class_over_chance"), ".1f"),
+                         "-" if fg is None else f"{100 * fg:.1f} ({100 * uniform:.1f})"])
+    lines += [_table(["method", "rho", "arm", "cos(grad L_msr, grad L_ct)",
+                      "cos(first-order, exact)", "first-order norm", "rest norm",
+                      "gamma L_uni part norm", "cross-image cos", "class / chance",
+                      "fg share % (uniform)"], rows), ""]
+    return lines
+
+
+def strata_maps(grids: Dict[str, GridResults]) -> List[str]:
+    """Stratum maps of the first ICL-MSR run of SimCLR at rho 0.95."""
+    from solo_iclmsr.cli.strata import render_strata
+    from solo_iclmsr.compare.grid import read_json
+
+    g = grids.get("simclr-rho0.95")
+    folder = None if g is None else g.folder / "runs" / "iclmsr" / "seed0"
+    if folder is None or not (folder / "run.json").exists():
+        return []
+    checkpoint = folder / read_json(folder / "run.json")["checkpoint"]
+    render_strata(str(checkpoint), str(RESULTS / "evidence_strata.png"), images=6,
+                  title="SimCLR + ICL-MSR, rho 0.95, seed 0: stratum maps on test images")
+    return ["## 6. Stratum maps", "", "![strata](evidence_strata.png)", "",
+            "Each row: a test image, its mask, and per stratum a_t the map ReLU(sum_r a_{t,r} "
+            "Z_r) of the 4x4 last feature map, upsampled (`solo-iclmsr strata`).", ""]
+
+
+def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str) -> Path:
+    """``benchmarks/results/evidence.md`` from the grids' results (a hand-written reading
+    headed ``## Reading`` survives regeneration)."""
+    from solo_iclmsr.compare.grid import read_json
+    from solo_iclmsr.compare.report import machine
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# ICL-MSR evidence", "", f"* this report: `{command}`", f"* written {now} on "
+             f"{machine()}", f"* scale `{scale.name}`: {scale.describe()}; per method: "
+             + "; ".join(f"{m} lr {s.lr:g}, {s.epochs} epochs, {s.kwargs}"
+                         for m, s in scale.methods.items()),
+             "* every grid is one `solo-iclmsr compare` (its command and full report: "
+             "`benchmarks/results/evidence/<grid>/report.md`):"]
+    for name, g in grids.items():
+        meta = g.folder / "compare.json"
+        if meta.exists():
+            lines.append(f"  * {name}: `{read_json(meta)['command']}`")
+    lines.append("")
+    lines += precondition_section(grids)
+    effect, _ = effect_section(grids)
+    lines += effect
+    lines += arms_section(grids, ABLATIONS, "## 3. Which part of ICL-MSR: the ablations",
+                          "SimCLR. `frozen`: f_msr kept at its initialisation; `random_fixed`: n "
+                          "fixed random non-negative strata; `uniform`: a_t = 1/sqrt(c), L_msr = "
+                          "L_ct; `meta_none`: f_msr trained by gamma L_uni alone; `softmax`, "
+                          "`features_softmax`: the options that moved the strata last round.")
+    lines += ablation_verdict(grids)
+    lines += arms_section(grids, CHEAPER, "## 4. Cheaper meta steps",
+                          "SimCLR. `stages1`: the virtual step on the last stage of the encoder "
+                          "(`iclmsr.meta_stages=1`); `stages1_batch50`: and the meta objective on "
+                          "half of the batch (`iclmsr.meta_batch=0.5`); `every4`: the full meta "
+                          "step every fourth batch (`iclmsr.meta_every=4`).")
+    lines += diagnostics_section(grids)
+    lines += strata_maps(grids)
+    text = "\n".join(lines)
+    report = RESULTS / "evidence.md"
+    if report.exists() and NOTES in report.read_text():
+        old = report.read_text()
+        text += "\n" + old[old.index(NOTES):].rstrip("\n")
+    report.write_text(text + "\n")
+    return report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -185,6 +550,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--out", default="runs/evidence", help="folder of the grids' runs")
     p.add_argument("--report-only", action="store_true", help="no training: reports from --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Hydra override of every run, after the scale's (repeatable)")
+    p.add_argument("--masks", choices=("coco", "folder"),
+                   help="also the grid on a dataset with real foreground masks")
+    p.add_argument("--annotations", help="COCO instances JSON (--masks coco)")
+    p.add_argument("--image-root", help="images of the masked set")
+    p.add_argument("--masks-root", help="mask PNG tree parallel to --image-root (--masks folder)")
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
     names = [g for g in args.grids.split(",") if g]
@@ -195,7 +567,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     for name in names:
         print(f"[evidence] grid {name}", flush=True)
-        run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only)
+        run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only, args.set)
+    grids = {g.name: GridResults(g, out / g.name) for g in GRIDS if (out / g.name).exists()}
+    if args.masks:
+        if not args.image_root or (args.masks == "coco" and not args.annotations):
+            p.error("--masks coco needs --annotations and --image-root; folder --image-root")
+        print("[evidence] grid masked", flush=True)
+        run_masked_grid(scale, MaskSource(args.masks, args.image_root, args.annotations,
+                                          args.masks_root), args.seeds, out, args.jobs,
+                        args.report_only, args.set)
+        grids["masked"] = GridResults(GridSpec("simclr", 0.0, masked=True), out / "masked")
+    command = "python benchmarks/evidence.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"summary: {write_summary(scale, grids, command)}")
     return 0
 
 

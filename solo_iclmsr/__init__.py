@@ -8,7 +8,7 @@ other solo-learn installed fails at once with one line naming the command that f
 
 from solo_iclmsr.solo_check import solo_problem as _solo_problem
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _problem = _solo_problem()
 if _problem is not None:

@@ -1,7 +1,8 @@
-"""benchmarks/evidence.py: the target arithmetic, the runs' configs, and tiny end-to-end passes
-(both arms trained, evaluated, reported and read back; the motivation table on a tiny COCO set
-with real masks; the options part with two combinations)."""
+"""benchmarks/evidence.py, built on ``solo-iclmsr compare``: the grids' configs, the targets
+across grids, and tiny end-to-end passes (a built-in grid with the precondition arm and equal
+time, read back without training; the 2x2 table on a tiny COCO set with real masks)."""
 
+import csv
 import importlib.util
 import json
 import sys
@@ -12,162 +13,109 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--n-train", "64", "--n-test", "32", "--batch-size", "32", "--epochs", "1",
-        "--probe-images", "32"]
+TINY = ["--set", "++data.builtin.n_train=64", "--set", "++data.builtin.n_test=32",
+        "--set", "optimizer.batch_size=32", "--set", "max_epochs=1",
+        "--set", "++diagnostics.images=32", "--set", "++diagnostics.every_n_epochs=1",
+        "--seeds", "0"]
 
 
 @pytest.fixture(scope="module")
-def evidence():
+def evidence(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("evidence", ROOT / "benchmarks" / "evidence.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["evidence"] = module
     spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("evidence", None)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """One folder of runs shared by the tests below (the options test reuses the runs of the
-    effect test), with the built-in set's cache inside."""
     root = tmp_path_factory.mktemp("evidence")
     patch = pytest.MonkeyPatch()
     patch.setenv("SOLO_ICLMSR_CACHE", str(root / "cache"))
     patch.setenv("OMP_NUM_THREADS", "1")
-    yield root
+    patch.setattr(module, "RESULTS", root / "results")
+    patch.chdir(root)
+    yield module
     patch.undo()
+    sys.modules.pop("evidence", None)
 
 
-def _result(seed, fg, full=50.0, key="0.95"):
-    return {"seed": seed, "knn": {key: {"full": full, "fg": fg, "decorrelated": 20.0}}}
+def test_the_arms_differ_in_what_they_name_and_the_scale_reaches_the_config(evidence):
+    from solo_iclmsr.compare.grid import Arm, Grid, config_changes, default_arms, flat_config
+    from solo_iclmsr.config import compose
 
-
-def test_target_met_only_with_three_seeds_and_a_gain_above_the_pooled_std(evidence):
-    base = [_result(s, fg) for s, fg in enumerate([20.0, 21.0, 22.0])]
-    icl = [_result(s, fg) for s, fg in enumerate([24.0, 25.0, 26.0])]
-    line = evidence._target_line("simclr", 0.95, "0.95", base, icl)
-    assert "change +4.0 points" in line and "pooled std 1.0" in line
-    assert "seed-paired +4.0 ± 0.0 over 3" in line and line.endswith(": MET")
-    # the same gain over two seeds is not enough
-    assert evidence._target_line("simclr", 0.95, "0.95", base[:2], icl[:2]).endswith("NOT MET")
-    # a gain smaller than the spread of the arms is not enough
-    noisy = [_result(s, fg) for s, fg in enumerate([10.0, 21.0, 32.0])]
-    assert evidence._target_line("simclr", 0.95, "0.95", noisy, icl).endswith("NOT MET")
-    # one seed per arm: no pooled std, no claim
-    one = evidence._target_line("simclr", 0.95, "0.95", base[:1], icl[:1])
-    assert "pooled std n/a" in one and one.endswith("NOT MET")
-
-
-def test_clean_data_target_is_no_loss_over_half_a_point_on_any_test_set(evidence):
-    base = [_result(0, 30.0, full=40.0, key="0")]
-    assert evidence._target_line("byol", 0.0, "0", base,
-                                 [_result(0, 29.6, full=41.0, key="0")]).endswith(": MET")
-    lost = evidence._target_line("byol", 0.0, "0", base, [_result(0, 30.0, full=39.0, key="0")])
-    assert "full -1.0" in lost and lost.endswith("NOT MET")
-
-
-def test_criteria_thresholds(evidence):
-    st = {"cross_image_cos_max": 0.5, "within_image_cos": 0.3,
-          "explained_by_class_over_chance": 1.0, "explained_by_background_over_chance": 3.0}
-    assert evidence.criteria(st) == (True, True)
-    assert evidence.criteria(dict(st, cross_image_cos_max=0.51)) == (False, True)
-    assert evidence.criteria(dict(st, within_image_cos=0.31)) == (False, True)
-    assert evidence.criteria(dict(st, explained_by_background_over_chance=2.9)) == (True, False)
-
-
-def test_the_arms_differ_in_iclmsr_only_and_the_scale_reaches_the_config(evidence, tiny):
     scale = evidence.SCALES["cpu"]
-    icl = evidence.icl_run("simclr", 0.95, 1, evidence.OPTION_SETS["batch+nobias"])
-    base = evidence.RunSpec("simclr", False, 0.95, 1)
-    assert icl.name == "simclr-icl-rho0.95-s1-full-uni_over=batch-weight_bias=false"
-    cfg = evidence.compose_run(scale, icl, tiny / "x")
-    base_cfg = evidence.compose_run(scale, base, tiny / "x")
-    assert cfg.iclmsr.enabled and cfg.iclmsr.uni_over == "batch" and cfg.iclmsr.weight_bias is False
-    assert cfg.iclmsr.msr_width == scale.iclmsr["msr_width"] and cfg.seed == 1
-    assert cfg.augmentations[0].rrc.crop_min_scale == scale.crop_min_scale
-    assert list(cfg.backbone.kwargs.channels) == scale.backbone_kwargs["channels"]
-    assert cfg.data.builtin.rho == 0.95 and cfg.data.builtin.n_train == scale.n_train
-    diff = {k for k in cfg if cfg[k] != base_cfg[k]}
-    assert diff <= {"iclmsr", "name"}
-    assert evidence.parse_options(["iclmsr.weight_bias=false", "uni_over=batch"]) == \
-        evidence.OPTION_SETS["batch+nobias"]
+    overrides = evidence.grid_overrides(scale, "byol", 0.95)
+    grid = Grid(str(evidence.CONFIGS), "byol", overrides, [0], default_arms("byol"), Path("x"),
+                {}, name="byol-builtin")
+    cfgs = {arm.name: compose(str(evidence.CONFIGS), "byol", grid.spec(arm, 1).overrides)
+            for arm in [*grid.arms, Arm.parse("base_fg", evidence.ARMS["base_fg"])]}
+    base = flat_config(cfgs["base"])
+    assert config_changes(base, flat_config(cfgs["iclmsr"])) == [
+        "iclmsr.enabled (False -> True)",
+        "name ('byol-builtin-base-seed1' -> 'byol-builtin-iclmsr-seed1')"]
+    assert {c.split(" ")[0] for c in config_changes(base, flat_config(cfgs["base_fg"]))} == {
+        "data.builtin.variant", "name"}
+    cfg = cfgs["iclmsr"]
+    assert cfg.max_epochs == scale.methods["byol"].epochs and cfg.seed == 1
+    assert cfg.optimizer.lr == scale.methods["byol"].lr and cfg.data.builtin.rho == 0.95
+    assert list(cfg.backbone.kwargs.channels) == [16, 32, 48, 96]
+    assert cfg.method_kwargs.pred_hidden_dim == 512 and cfg.iclmsr.msr_width == 32
+    assert cfg.diagnostics.every_n_steps == 16
 
 
-def _knn_from_checkpoint(evidence, folder, variant, test):
-    """5-NN fg of a built-in run, recomputed from its checkpoint with the project's API."""
-    from solo_iclmsr.cli.checkpoints import load_pretrained
-    from solo_iclmsr.data.loaders import builtin_eval_sets
-    from solo_iclmsr.evaluation import extract_features, knn_accuracy
+def _results(evidence, values):
+    """GridResults of a built-in grid from {(arm, seed): fg 5-NN}."""
+    from solo_iclmsr.compare.report import Row
 
-    done = json.loads((folder / "done.json").read_text())
-    model, cfg = load_pretrained(done["checkpoint"])
-    train, tests = builtin_eval_sets(cfg, variant)
-    bank, bank_labels = extract_features(model.backbone, train)
-    feats, labels = extract_features(model.backbone, tests[test])
-    return knn_accuracy(bank["feats"], bank_labels, feats["feats"], labels, 5).top1
+    g = evidence.GridResults(evidence.GridSpec("simclr", 0.95), Path("/nonexistent"))
+    for (arm, seed), value in values.items():
+        g.rows.append(Row(arm, seed, "fg", "knn5_top1", value, 10.0, 0.1, 0.1, 10, 4))
+        g.values.setdefault(("knn5_top1", arm, "fg"), {})[seed] = value
+    return g
 
 
-def test_tiny_effect_run_trains_both_arms_and_reports(evidence, tiny):
-    out, results = tiny / "runs", tiny / "results"
-    args = ["--only", "effect", "--methods", "simclr", "--rhos", "0.95", "--seeds", "1", *TINY,
-            "--out", str(out), "--results", str(results)]
-    assert evidence.main(args) == 0
-    report = (results / "evidence.md").read_text()
-    assert "| simclr | 0.95 | base | 1 |" in report and "| simclr | 0.95 | +ICL-MSR | 1 |" in report
-    assert "simclr, rho 0.95: fg-test 5-NN change" in report
-    assert (results / "evidence_effect.png").stat().st_size > 0
-    base = json.loads((out / "simclr-base-rho0.95-s0-full" / "result.json").read_text())
-    icl = json.loads((out / "simclr-icl-rho0.95-s0-full" / "result.json").read_text())
-    assert base["steps"] == icl["steps"] == 2  # 64 images, batch 32, one epoch
-    # the stored score is the one the checkpoint gives
-    assert base["knn"]["0.95"]["fg"] == pytest.approx(
-        _knn_from_checkpoint(evidence, out / base["run"], "full", "fg"))
-    for r in (base, icl):
-        for probe in ("knn", "linear"):
-            assert set(r[probe]["0.95"]) == set(evidence.TESTS)
-            assert all(0.0 <= v <= 100.0 for v in r[probe]["0.95"].values())
-    assert "strata" not in base
-    st = icl["strata"]
-    assert st["probe_images"] == 32 and 0.0 < st["fg_share_uniform"] < 1.0
-    assert -1.0 <= st["cross_image_cos"] <= st["cross_image_cos_max"] <= 1.0 + 1e-6
-    assert st["explained_by_class"] >= 0 and st["explained_by_background_over_chance"] >= 0
-    assert (st["image_dependent"], st["content_aligned"]) == evidence.criteria(st)
-    assert icl["metrics"]["train_meta_grad_norm_ct"] > 0
-    assert icl["metrics"]["train_meta_grad_norm_uni"] > 0
-    assert f"| {icl['run']} | {icl['metrics']['train_msr_loss']:.3f} |" in report
-    runs = json.loads((results / "evidence_runs.json").read_text())
-    assert {r["run"] for r in runs} == {base["run"], icl["run"]}
-    # a second call trains nothing and reads the finished runs back
-    assert evidence.main(args + ["--report-only"]) == 0
-    again = (results / "evidence.md").read_text()
-    assert "Runs trained by this command: 0; results read: 2." in again
-    assert again.split("## 2.")[1] == report.split("## 2.")[1]
+def test_the_gain_target_needs_three_seeds_and_a_gain_above_the_pooled_std(evidence):
+    gain = {**{("base", s): v for s, v in enumerate([20.0, 21.0, 22.0])},
+            **{("iclmsr", s): v for s, v in enumerate([24.0, 25.0, 26.0])}}
+    lines, verdict = evidence.effect_section({"simclr-rho0.95": _results(evidence, gain)})
+    assert verdict["gains"] == [("simclr", 4.0, 1.0, 3)]
+    assert any("0 of 1" not in line and "+4.0 vs pooled std 1.0" in line for line in lines)
+    noisy = {**gain, ("base", 0): 10.0, ("base", 2): 32.0}
+    _, verdict = evidence.effect_section({"simclr-rho0.95": _results(evidence, noisy)})
+    (_, d, pooled, n), = verdict["gains"]
+    assert d < pooled  # the same mean gain, but inside the spread of the arms: not met
+    target = next(line for line in evidence.effect_section(
+        {"g": _results(evidence, noisy)})[0] if "at least 3 of the 5" in line)
+    assert target.endswith("NOT MET")
 
 
-def test_options_part_runs_two_combinations(evidence, tiny):
-    out, results = tiny / "runs", tiny / "results-options"
-    args = ["--only", "options", "--methods", "simclr", "--rhos", "0.95", "--seeds", "1",
-            "--combinations", "paper,batch+features", *TINY, "--out", str(out),
-            "--results", str(results)]
-    before = {p.parent.name for p in out.glob("*/result.json")}
-    assert evidence.main(args) == 0
-    report = (results / "evidence.md").read_text()
-    # finished runs (those of the effect test, when it ran first) are reused
-    trained = 3 - len(before & {"simclr-base-rho0.95-s0-full", "simclr-icl-rho0.95-s0-full"})
-    assert f"Runs trained by this command: {trained};" in report
-    name = "simclr-icl-rho0.95-s0-full-msr_input=features-uni_over=batch"
-    combo = json.loads((out / name / "result.json").read_text())
-    args_json = next((out / name).glob("simclr/*/args.json"))
-    cfg = json.loads(args_json.read_text())
-    assert cfg["iclmsr"]["msr_input"] == "features" and cfg["iclmsr"]["uni_over"] == "batch"
-    assert combo["options"] == {"msr_input": "features", "uni_over": "batch"}
-    assert "### simclr, rho 0.95" in report
-    for row in ("| paper | 1 |", "| batch+features | 1 |", "| base (ICL-MSR off) | 1 |"):
-        assert row in report
-    st = combo["strata"]
-    line = next(x for x in report.splitlines() if x.startswith("| batch+features |"))
-    assert f"| {st['cross_image_cos_max']:.2f} | {st['within_image_cos']:.2f} |" in line
-    assert f"{combo['knn']['0.95']['fg']:.1f}" in line
+def _mtimes(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_tiny_grid_runs_its_arms_reports_and_reads_back(evidence):
+    args = ["--grids", "simclr-rho0.95", *TINY, "--out", "runs"]
+    monkey = pytest.MonkeyPatch()
+    grid = evidence.GridSpec("simclr", 0.95, ("base_fg", "uniform"))
+    monkey.setattr(evidence, "GRIDS", (grid,))
+    try:
+        assert evidence.main(args) == 0
+        runs = Path("runs") / "simclr-rho0.95"
+        rows = list(csv.DictReader(open(runs / "results.csv")))
+        assert {r["arm"] for r in rows} == {"base", "iclmsr", "base_fg", "uniform",
+                                            "base_equal_time"}
+        summary = (evidence.RESULTS / "evidence.md").read_text()
+        for heading in ("## 1. Precondition", "## 2. ICL-MSR against the base method",
+                        "## 3. Which part of ICL-MSR", "## 5. The first-order reading",
+                        "## 6. Stratum maps"):
+            assert heading in summary, heading
+        fg = next(float(r["value"]) for r in rows if r["arm"] == "base_fg"
+                  and r["test_set"] == "fg" and r["metric"] == "knn5_top1")
+        assert "| simclr | 0.95 |" in summary and f"{fg:.1f}" in summary
+        assert (evidence.RESULTS / "evidence" / "simclr-rho0.95" / "report.md").exists()
+        assert (evidence.RESULTS / "evidence_strata.png").stat().st_size > 1000
+        before = _mtimes(runs / "runs")
+        assert evidence.main([*args, "--report-only"]) == 0
+        assert _mtimes(runs / "runs") == before  # nothing trained or evaluated again
+    finally:
+        monkey.undo()
 
 
 # ------------------------------------------------------------------------------------------
@@ -198,56 +146,43 @@ def _write_coco(root: Path, n: int = 16, size: int = 40):
     return path, images_dir
 
 
-def test_motivation_on_a_coco_set_with_real_masks(evidence, tiny):
+def test_the_2x2_table_on_a_coco_set_with_real_masks(evidence):
     pytest.importorskip("pycocotools")
     from PIL import Image
 
     from solo_iclmsr.cli.checkpoints import load_pretrained
-    from solo_iclmsr.data.augment import mean_std
-    from solo_iclmsr.data.loaders import EvalImages
+    from solo_iclmsr.compare.grid import read_json
+    from solo_iclmsr.data.loaders import evaluation_sets
+    from solo_iclmsr.data.masks import CocoMaskDataset, held_out_split
     from solo_iclmsr.evaluation import extract_features, knn_accuracy
-    from torch.utils.data import Subset
 
-    annotations, images = _write_coco(tiny / "coco")
-    out, results = tiny / "runs-masked", tiny / "results-masked"
-    args = ["--only", "motivation", "--masks", "coco", "--annotations", str(annotations),
-            "--image-root", str(images), "--test-fraction", "0.25", "--batch-size", "4",
-            "--epochs", "1", "--out", str(out), "--results", str(results)]
-    assert evidence.main(args) == 0
-    source = evidence.MaskSource("coco", str(images), str(annotations), test_fraction=0.25)
-    train_idx, test_idx = source.split()
-    assert (len(train_idx), len(test_idx)) == (12, 4) and not set(train_idx) & set(test_idx)
-    # the fg variant of the training images, written as an ImageFolder tree of PNGs
-    tree = out / "_masked" / f"{source.tag}-fg"
-    files = sorted(tree.glob("*/*.png"))
-    assert len(files) == 12 and {f.parent.name for f in files} == {"0000", "0001"}
-    fg = source.dataset("fg")
+    annotations, images = _write_coco(Path("coco"), n=20)
+    assert evidence.main(["--grids", "", "--masks", "coco", "--annotations", str(annotations),
+                          "--image-root", str(images), *TINY, "--set",
+                          "optimizer.batch_size=4", "--out", "runs-masked"]) == 0
+    fg = CocoMaskDataset(str(annotations), str(images), image_size=32, variant="fg")
+    train, test = held_out_split(fg.labels)
+    assert (len(train), len(test)) == (16, 4) and not set(train) & set(test)
+    # the fg training images, written as an ImageFolder tree of PNGs
+    files = sorted(Path("runs-masked", "_masked", "fg").glob("*/*.png"))
+    assert len(files) == 16 and {f.parent.name for f in files} == {"0000", "0001"}
     for f in files[:3]:
-        i = int(f.stem)
-        _, expected, label = fg[i]
+        _, expected, label = fg[int(f.stem)]
         png = torch.from_numpy(np.asarray(Image.open(f))).permute(2, 0, 1)
         assert torch.equal(png, expected) and int(f.parent.name) == label
-        outside = fg.mask(i) == 0
-        assert outside.any() and bool((png[:, outside] == 128).all())
-    full_run = json.loads((out / f"simclr-base-{source.tag}-s0-full" / "result.json").read_text())
-    fg_run = json.loads((out / f"simclr-base-{source.tag}-s0-fg" / "result.json").read_text())
-    assert full_run["n_train"] == 12 and full_run["n_test"] == 4 and full_run["num_classes"] == 2
-    assert full_run["majority"] == 50.0 and fg_run["steps"] == 3  # 12 images, batch 4
-    # the stored score is the one the checkpoint gives on the masked set's fg test images
-    model, cfg = load_pretrained(json.loads((out / fg_run["run"] / "done.json").read_text())
-                                 ["checkpoint"])
-    assert cfg.data.dataset == "custom" and Path(cfg.data.train_path) == tree
-    stats = (int(cfg.augmentations[0].crop_size), *mean_std("custom", cfg.augmentations[0]))
-    bank, bank_labels = extract_features(model.backbone, EvalImages(Subset(fg, train_idx), *stats))
-    test, labels = extract_features(model.backbone, EvalImages(Subset(fg, test_idx), *stats))
-    assert fg_run["knn"]["masked"]["fg"] == pytest.approx(
-        knn_accuracy(bank["feats"], bank_labels, test["feats"], labels, 5).top1)
-    assert set(fg_run["knn"]["masked"]) == set(evidence.MASK_TESTS)
-    report = (results / "evidence.md").read_text()
-    assert f"1b. Motivation on real masks: coco set `{source.tag}`" in report
-    row = next(x for x in report.splitlines() if x.startswith("| 5-NN |"))
-    cells = [float(c) for c in row.strip("| \n").split(" | ")[1:]]
-    knn_full, knn_fg = full_run["knn"]["masked"], fg_run["knn"]["masked"]
-    assert cells == pytest.approx([round(knn_full[t], 1) for t in evidence.MASK_TESTS]
-                                  + [round(knn_fg[t], 1) for t in evidence.MASK_TESTS])
-    assert "## 1. Motivation: the 2x2 table" not in report  # no built-in runs in this folder
+    grid = Path("runs-masked", "masked")
+    rows = list(csv.DictReader(open(grid / "results.csv")))
+    assert {r["test_set"] for r in rows} == {"full", "fg", "bg"}
+    # the score of base_fg on the fg test images: the bank is its own (fg) training images
+    folder = grid / "runs" / "base_fg" / "seed0"
+    model, cfg = load_pretrained(folder / read_json(folder / "run.json")["checkpoint"])
+    bank_set, tests = evaluation_sets(cfg)
+    bank, bank_labels = extract_features(model.backbone, bank_set)
+    feats, labels = extract_features(model.backbone, tests["fg"])
+    stored = next(float(r["value"]) for r in rows if r["arm"] == "base_fg"
+                  and r["test_set"] == "fg" and r["metric"] == "knn5_top1")
+    assert stored == pytest.approx(knn_accuracy(bank["feats"], bank_labels, feats["feats"],
+                                                labels, 5).top1)
+    summary = (evidence.RESULTS / "evidence.md").read_text()
+    assert "On the dataset with real masks" in summary
+    assert "| base_fg |" in summary.split("On the dataset with real masks")[1]

@@ -27,11 +27,16 @@ from solo_iclmsr.compare.grid import BASE, read_json
 
 __all__ = ["Row", "collect", "write_report", "paired_difference", "mean_std", "machine"]
 
-#: Columns of the runs' metrics.csv shown in the diagnostics table (those present).
+#: Columns of the runs' metrics.csv shown in the diagnostics tables (those present): of the
+#: training step, and of the strata probe on held-out images.
 DIAGNOSTICS = ("train_msr_loss", "strata/cross_image_cos", "strata/within_image_cos",
                "strata/effective_channels", "train_meta_grad_norm_ct", "train_meta_grad_norm_uni",
                "diag/grad_cos_msr_ct", "diag/meta_first_order_cos", "diag/meta_first_order_norm",
                "diag/meta_curvature_norm")
+PROBE = ("strata_probe/cross_image_cos", "strata_probe/within_image_cos",
+         "strata_probe/explained_by_class_over_chance",
+         "strata_probe/explained_by_background_over_chance", "strata_probe/fg_share",
+         "strata_probe/fg_share_uniform")
 
 
 @dataclass
@@ -248,16 +253,25 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                       ratio(means["cpu_seconds_per_step"], base["cpu_seconds_per_step"])])
     lines += [_table(["arm", "runs", "epochs", "steps", "train s", "s / step", "CPU s / step",
                       "train s / base", "s/step / base", "CPU s/step / base"], table), ""]
-    present = [k for k in DIAGNOSTICS if any(k in d for d in diagnostics.values())]
-    if present:
-        lines += ["## Diagnostics", "",
-                  "Last logged epoch of each run's metrics.csv, mean over the seeds: L_msr; the "
-                  "cross-image cosine of a_t (1: the same strata for every image), the cosine of "
-                  "two strata of one image and the effective channels of a_t; the norms of the "
-                  "meta-gradient's L_ct(theta') and gamma L_uni parts; the cosine between "
-                  "grad L_msr and grad L_ct on the batch; the cosine of the meta-gradient's "
-                  "first-order (alignment) term with its L_ct(theta') part, and the norms of that "
-                  "term and of the rest (ICLMSR.md section 8).", ""]
+    for keys, title, text in (
+            (DIAGNOSTICS, "Diagnostics",
+             "Last logged epoch of each run's metrics.csv, mean over the seeds: L_msr; the "
+             "cross-image cosine of a_t (1: the same strata for every image), the cosine of "
+             "two strata of one image and the effective channels of a_t; the norms of the "
+             "meta-gradient's L_ct(theta') and gamma L_uni parts; the cosine between grad L_msr "
+             "and grad L_ct on the batch; the cosine of the meta-gradient's first-order "
+             "(alignment) term with its L_ct(theta') part, and the norms of that term and of the "
+             "rest (ICLMSR.md section 8)."),
+            (PROBE, "Strata on held-out images",
+             "The strata probe of the last epoch (``diagnostics.*``): cross-image and "
+             "within-image cosine of a_t; the share of A's variation across images explained "
+             "by the class and by the background type, over its chance level; the share of "
+             "a_t's weight on the channels that prefer the foreground, and a uniform "
+             "weighting's.")):
+        present = [k for k in keys if any(k in d for d in diagnostics.values())]
+        if not present:
+            continue
+        lines += [f"## {title}", "", text, ""]
         table = []
         for arm in arm_names:
             cells = []

@@ -236,7 +236,9 @@ def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None
     * the built-in set: its training split and the test split ``full`` / ``fg`` /
       ``decorrelated`` (``builtin_eval_sets``);
     * a dataset with foreground masks (``diagnostics.masks``): a fixed fifth of each label held
-      out (``masks.held_out_split``) in ``full`` / ``fg`` / ``bg``, the rest (full) for training;
+      out (``masks.held_out_split``) in ``full`` / ``fg`` / ``bg``; for training, the run's own
+      training images when they are a labelled custom folder (their classes, sorted, must be
+      the masked set's labels), else the masked set's other four fifths;
     * any other dataset: solo's classification datasets of ``data.train_path`` and
       ``data.val_path`` (``val``), with solo's evaluation transform.
 
@@ -255,7 +257,13 @@ def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None
         stats = (int(entry.crop_size), *mean_std(data.dataset, entry))
         full = masked_dataset(cfg)
         train, test = held_out_split(full.labels)
-        return (EvalImages(Subset(full, train), *stats),
+        if data.dataset == "custom" and not data.get("no_labels", False) and data.train_path:
+            from solo_iclmsr.data.datasets import FolderImageDataset
+
+            bank = FolderImageDataset(str(data.train_path), raw_image_size(cfg))
+        else:
+            bank = Subset(full, train)
+        return (EvalImages(bank, *stats),
                 {v: EvalImages(Subset(masked_dataset(cfg, v), test), *stats)
                  for v in TEST_VERSIONS["masked"]})
     from solo.data.classification_dataloader import prepare_datasets, prepare_transforms
