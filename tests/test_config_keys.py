@@ -69,7 +69,7 @@ def step(model, seed=0):
         {n: p.grad.clone() for n, p in model.msr.named_parameters() if p.grad is not None}) or real_step()
     pending = model._iclmsr_pending
     result = model.iclmsr_meta_step(pending["record"], pending["raw"], optimizer, reuse_grads=True,
-                                    plain=model._iclmsr_plain)
+                                    plain=pending["plain"], diagnose=pending["diagnose"])
     return float(loss), logged.get("train_msr_loss"), result, grads
 
 
@@ -87,6 +87,16 @@ def differs(a, b):
 def effect_enabled():
     assert not hasattr(model_of("iclmsr.enabled=false"), "msr")
     assert hasattr(model_of("iclmsr.enabled=true"), "msr")
+
+
+def effect_strata():
+    from solo_iclmsr.core import FixedStrata
+
+    fixed = model_of("iclmsr.strata=random_fixed")
+    assert isinstance(fixed.msr, FixedStrata) and fixed.msr_optimizer is None
+    frozen = model_of("iclmsr.strata=frozen")
+    frozen.training_step(batch_of(frozen), 0)
+    assert frozen._iclmsr_pending is None and frozen.msr_optimizer is None  # no meta step
 
 
 def effect_n_strata():
@@ -179,6 +189,17 @@ def effect_meta_every():
 def effect_meta_params():
     assert differs(step(model_of("iclmsr.meta_params=all"))[3],
                    step(model_of("iclmsr.meta_params=head"))[3])
+
+
+def effect_meta_stages():
+    model = model_of("iclmsr.meta_stages=1")
+    assert model._iclmsr_tail is not None and model._iclmsr_tail.stages == 1
+    assert differs(step(model)[3], step(model_of("iclmsr.meta_stages=null"))[3])
+
+
+def effect_meta_batch():
+    assert differs(step(model_of("iclmsr.meta_batch=0.5"))[3],
+                   step(model_of("iclmsr.meta_batch=null"))[3])
 
 
 def effect_schedule():
@@ -275,6 +296,14 @@ def effect_augment_on_device():
 
 
 def effect_diagnostics(key):
+    if key == "every_n_steps":
+        for value, expected in (("1", True), ("0", False)):
+            model = model_of(f"++diagnostics.every_n_steps={value}")
+            logged = {}
+            model.log = lambda name, value, **k: logged.__setitem__(name, value)
+            model.training_step(batch_of(model), 0)
+            assert ("diag/grad_cos_msr_ct" in logged) == expected
+        return
     if key in ("enabled", "every_n_epochs", "images"):
         value = {"enabled": "false", "every_n_epochs": "3", "images": "5"}[key]
         cfg = cfg_of(f"++diagnostics.{key}={value}")
@@ -350,6 +379,9 @@ def test_the_key_has_its_effect(key, monkeypatch):
     ("++data.builtin.variant=bg", r"data\.builtin\.variant='bg' is invalid"),
     ("++diagnostics.image=5", r"diagnostics\.image is an unknown key.*'images'"),
     ("++diagnostics.every_n_epochs=0", r"diagnostics\.every_n_epochs=0 is invalid"),
+    ("++diagnostics.every_n_steps=-1", r"diagnostics\.every_n_steps=-1 is invalid"),
+    ("++iclmsr.strata=fixed", r"iclmsr\.strata='fixed' is invalid: expected one of learned"),
+    ("++iclmsr.meta_batch=1.5", r"iclmsr\.meta_batch=1.5 is invalid"),
     ("++data.image_size=big", r"data\.image_size='big' is invalid"),
     ("++data.augment_on_device=maybe", r"data\.augment_on_device='maybe' is invalid"),
     ("++data.builtin=3", r"data\.builtin=3 is invalid: expected a mapping"),
