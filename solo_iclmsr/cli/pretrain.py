@@ -8,8 +8,9 @@ solo's datasets and the validation loader, resuming from ``resume_from_checkpoin
 ``AutoResumer``, solo's ``Checkpointer`` (``checkpoint.dir/<method>/<version>/``, with
 ``args.json``), wandb when enabled, and a ``Trainer`` built from the config's top-level keys that
 it accepts. What the project adds: the views made on the device (``data.augment_on_device``),
-a CSV log of the metrics beside the checkpoints, the non-finite loss guard, the strata probe,
-and one-line errors for bad input before anything is trained.
+a CSV log of the metrics beside the checkpoints, the training time kept in every checkpoint
+(``TrainClock``: a resumed run adds to it), the non-finite loss guard, the strata probe, and
+one-line errors for bad input before anything is trained.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def _callbacks(cfg: DictConfig, model: pl.LightningModule, train_set: Any) -> Li
     from solo.utils.checkpointer import Checkpointer
 
     from solo_iclmsr.data.probe import probe_set
-    from solo_iclmsr.plugin.callbacks import NonFiniteLossGuard, StrataProbe
+    from solo_iclmsr.plugin.callbacks import NonFiniteLossGuard, StrataProbe, TrainClock
 
-    callbacks: List[pl.Callback] = [NonFiniteLossGuard()]
+    # the clock first: its state is current when the checkpointer saves it
+    callbacks: List[pl.Callback] = [TrainClock(), NonFiniteLossGuard()]
     if cfg.checkpoint.enabled:
         callbacks.append(Checkpointer(cfg, logdir=os.path.join(cfg.checkpoint.dir, cfg.method),
                                       frequency=cfg.checkpoint.frequency,

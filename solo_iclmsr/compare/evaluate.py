@@ -8,7 +8,8 @@ training set are the run's training images (the built-in set's in the variant it
 
 The linear config is derived from the pretraining config (``linear_config``) unless one is
 given: solo's recipe of ``scripts/linear/**`` (SGD, lr 0.1, no weight decay, step decays at 60%
-and 80% of its epochs) with the run's backbone, data and batch size.
+and 80% of its epochs) with the run's backbone, data and batch size. Evaluation runs on one
+device (a run trained with DDP is evaluated on one of its devices).
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ def _linear(pretrain_cfg: DictConfig, checkpoint: Path, folder: Path,
     from solo_iclmsr.data.loaders import evaluation_sets
     from solo_iclmsr.evaluation import classifier_accuracy
 
+    # on one device, in this process (as solo's main_knn): Lightning's DDP launcher would start
+    # the other ranks by running this job again
     placed = [f"++pretrained_feature_extractor='{checkpoint}'", f"++checkpoint.dir='{folder}'",
-              "++auto_resume.enabled=False", "++wandb.enabled=False"]
+              "++auto_resume.enabled=False", "++wandb.enabled=False", "++devices=1",
+              "++strategy=auto", "++sync_batchnorm=False"]
     if evaluation.get("linear_config_path"):
         cfg = compose(evaluation["linear_config_path"], evaluation["linear_config_name"],
                       [*evaluation.get("linear_overrides", []), *placed])
@@ -81,8 +85,8 @@ def _linear(pretrain_cfg: DictConfig, checkpoint: Path, folder: Path,
 def linear_config(pretrain_cfg: DictConfig, checkpoint: Path, folder: Path,
                   epochs: Optional[int] = None) -> DictConfig:
     """A linear config in solo's schema (``scripts/linear/**``) for a pretraining run: its
-    backbone, data, batch size and devices; solo's SGD recipe; ``epochs`` (default 100, solo's)
-    with the learning rate divided by 10 at 60% and 80% of them."""
+    backbone, data, batch size and accelerator, on one device; solo's SGD recipe; ``epochs``
+    (default 100, solo's) with the learning rate divided by 10 at 60% and 80% of them."""
     from solo_iclmsr.data.augment import mean_std
 
     p = pretrain_cfg
@@ -111,10 +115,10 @@ def linear_config(pretrain_cfg: DictConfig, checkpoint: Path, folder: Path,
         "auto_resume": {"enabled": False},
         "wandb": {"enabled": False},
         "max_epochs": epochs,
-        "devices": OmegaConf.to_container(p.devices) if OmegaConf.is_config(p.devices) else p.devices,
+        "devices": 1,  # evaluation runs on one device (see _linear)
         "accelerator": p.accelerator,
         "precision": p.precision,
-        "strategy": OmegaConf.select(p, "strategy", default=None),
+        "strategy": "auto",
         "enable_progress_bar": OmegaConf.select(p, "enable_progress_bar", default=True),
     }
     if OmegaConf.select(p, "diagnostics.masks", default=None) is not None:

@@ -14,8 +14,10 @@ checkpoint. Bad input (a missing dataset, a non-finite loss) ends the job with o
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from solo_iclmsr.compare.grid import RunSpec, missing_evaluations, read_json, write_json
+from solo_iclmsr.plugin.callbacks import TrainClock
 
 __all__ = ["run_job", "newest_checkpoint", "die_with_parent", "grid_progress"]
 
@@ -72,25 +75,32 @@ def newest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def _train(spec: RunSpec, folder: Path) -> Dict[str, Any]:
-    """Pretrain (or resume) the run; returns what ``run.json`` records."""
-    import torch
-
-    from solo_iclmsr.cli.pretrain import pretrain
+    """Pretrain (or resume) the run with ``solo-iclmsr pretrain`` in a process of its own (so that
+    Lightning's DDP launcher, which starts the other ranks by running the command again, runs
+    that command and not this job); returns what ``run.json`` records, read from the final
+    checkpoint (its ``TrainClock`` holds the training time, resumed parts added up)."""
+    from solo_iclmsr.cli.checkpoints import read_checkpoint
     from solo_iclmsr.config import compose
-    from solo_iclmsr.plugin.callbacks import TrainClock
 
     resume = newest_checkpoint(folder)
     overrides = [*spec.overrides, f"++checkpoint.dir='{folder}'"]
     if resume is not None:
         overrides.append(f"++resume_from_checkpoint='{resume}'")
-    cfg = compose(spec.config_path, spec.config_name, overrides)
-    clock = TrainClock()
-    result = pretrain(cfg, callbacks=[clock])
-    checkpoint = result.last_checkpoint or resume
+    cfg = compose(spec.config_path, spec.config_name, overrides)  # the errors of a bad config here
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    _run_command([sys.executable, *safe, "-m", "solo_iclmsr.cli", "pretrain", "--config-path",
+                  spec.config_path, "--config-name", spec.config_name, *overrides], "pretrain")
+    checkpoint = newest_checkpoint(folder)
     if checkpoint is None:
         raise RuntimeError(f"{folder}: training wrote no checkpoint.")
-    return {"arm": spec.arm, "seed": spec.seed, "checkpoint": str(Path(checkpoint).relative_to(folder)),
-            "global_step": result.global_step, "steps": clock.steps,
+    state = read_checkpoint(checkpoint, "the run's last checkpoint")
+    clock = TrainClock()
+    clock.load_state_dict(next((v for k, v in state.get("callbacks", {}).items()
+                                if k.startswith("TrainClock")), {}))
+    import torch
+
+    return {"arm": spec.arm, "seed": spec.seed, "checkpoint": str(checkpoint.relative_to(folder)),
+            "global_step": int(state["global_step"]), "steps": clock.steps,
             "train_seconds": clock.train_seconds, "step_seconds": clock.step_seconds,
             "seconds_per_step": clock.seconds_per_step,
             "cpu_seconds_per_step": clock.cpu_seconds_per_step, "accelerator": str(cfg.accelerator),
@@ -98,6 +108,25 @@ def _train(spec: RunSpec, folder: Path) -> Dict[str, Any]:
             "resumed_from": None if resume is None else str(resume.relative_to(folder)),
             "threads": torch.get_num_threads(), "host": socket.gethostname(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _run_command(command: List[str], what: str) -> None:
+    """Run a command of the project, its output passed through as it comes; a failure raises
+    ``ValueError`` with the command's last error line."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    tail = b""
+    while True:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail = (tail + chunk)[-8192:]
+    if process.wait() != 0:
+        lines = [line for line in tail.decode(errors="replace").splitlines() if line.strip()]
+        last = next((line for line in reversed(lines) if line.startswith("error:")),
+                    lines[-1] if lines else f"exit code {process.returncode}")
+        raise ValueError(f"{what} failed: {last.removeprefix('error: ')}")
 
 
 def run_job(folder: Path, threads: int = 0) -> str:

@@ -24,9 +24,8 @@ stages.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["stage_ends", "EncoderTail"]

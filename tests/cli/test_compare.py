@@ -135,9 +135,9 @@ def test_a_grid_killed_mid_run_finishes_without_retraining(tmp_path):
     time.sleep(1.0)
     first = out / "runs" / "base" / "seed0"
     assert (first / "eval.json").exists() and not (second / "run.json").exists()
-    jobs = subprocess.run(["pgrep", "-f", f"runs_root='{out / 'runs'}'"], capture_output=True,
-                          text=True).stdout.split()
-    assert jobs == [], "the grid's job outlived the killed command"
+    for pattern in (f"runs_root='{out / 'runs'}'", f"checkpoint.dir='{out / 'runs'}"):
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+        assert left.split() == [], f"a process of the grid outlived the killed command: {pattern}"
     before = _mtimes(first)
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -220,3 +220,20 @@ def test_bad_arguments_fail_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, (extra, err)
     assert not re.search("Traceback", err)
+
+
+def test_a_grid_of_ddp_runs(tmp_path, monkeypatch):
+    """Runs with ``strategy=ddp devices=2`` (2 CPU processes): each run's pretrain is a process of
+    its own, so Lightning's launcher starts rank 1 by running that command, not the grid's job;
+    the evaluation runs on one device."""
+    monkeypatch.setenv("PL_DISABLE_FORK", "1")
+    out = tmp_path / "grid"
+    result = compare(BUILTIN, "simclr", str(out), [*TINY, "++data.builtin.n_train=64",
+                                                   "devices=2", "++strategy=ddp",
+                                                   "optimizer.batch_size=8"],
+                     eval=["knn"], knn_k=[5], quiet=True)
+    assert result["failed"] == {}
+    for arm in ("base", "iclmsr"):
+        run = read_json(out / "runs" / arm / "seed0" / "run.json")
+        assert run["global_step"] == 64 // (2 * 8)  # the global batch: 8 images on each rank
+    assert {r["arm"] for r in _rows(out)} == {"base", "iclmsr"}
