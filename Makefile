@@ -59,7 +59,8 @@ test-upstream: install
 bench: install
 	$(PY) benchmarks/meta_step.py
 	$(PY) benchmarks/augment.py
-	$(PY) benchmarks/epoch_overhead.py
+	$(PY) benchmarks/epoch_overhead.py --arms base,iclmsr,stages1,stages1_batch50,every4
+	$(PY) benchmarks/distributed_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -172,14 +172,20 @@ def grid_overrides(scale: Scale, method: str, rho: float) -> List[str]:
 
 def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs: int,
              report_only: bool = False, extra: Sequence[str] = (),
-             arms: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """One grid through ``solo-iclmsr compare``; its report copied beside this script's."""
+             arms: Optional[Dict[str, str]] = None, only: Optional[Sequence[str]] = None,
+             equal_time: bool = True) -> Dict[str, Any]:
+    """One grid through ``solo-iclmsr compare``; its report copied beside this script's.
+
+    ``only`` keeps those of the grid's extra arms (None: all); ``equal_time=False`` leaves out
+    ``base_equal_time`` (a later run with it adds the arm, the finished runs reused)."""
     from solo_iclmsr.cli.compare import compare
 
     arms = dict(ARMS, **(arms or {}))
+    names = [a for a in grid.arms if only is None or a in only]
     result = compare(os.path.relpath(CONFIGS), grid.method, str(out / grid.name),
                      [*grid_overrides(scale, grid.method, grid.rho), *extra], seeds,
-                     [(name, arms[name]) for name in grid.arms], equal_time=not grid.masked,
+                     [(name, arms[name]) for name in names],
+                     equal_time=equal_time and not grid.masked,
                      eval=["knn"], knn_k=[5, 20], jobs=jobs, report_only=report_only, quiet=True)
     target = RESULTS / "evidence" / grid.name
     target.mkdir(parents=True, exist_ok=True)
@@ -547,6 +553,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--grids", default=",".join(g.name for g in GRIDS),
                    help="grids to run, comma-separated: " + ", ".join(g.name for g in GRIDS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", help="keep only these of each grid's extra arms, comma-separated "
+                   f"(default all: {', '.join(ARMS)})")
+    p.add_argument("--no-equal-time", action="store_true",
+                   help="leave out base_equal_time (rerun without the flag to add it)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--out", default="runs/evidence", help="folder of the grids' runs")
     p.add_argument("--report-only", action="store_true", help="no training: reports from --out")
@@ -564,10 +574,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bad = [g for g in names if g not in known]
     if bad:
         p.error(f"--grids {bad[0]!r}: expected names among {', '.join(known)}")
+    only = None if args.arms is None else [a for a in args.arms.split(",") if a]
+    if only is not None and any(a not in ARMS for a in only):
+        p.error(f"--arms {next(a for a in only if a not in ARMS)!r}: expected names among "
+                f"{', '.join(ARMS)}")
     out = Path(args.out)
     for name in names:
         print(f"[evidence] grid {name}", flush=True)
-        run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only, args.set)
+        run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only, args.set,
+                 only=only, equal_time=not args.no_equal_time)
     grids = {g.name: GridResults(g, out / g.name) for g in GRIDS if (out / g.name).exists()}
     if args.masks:
         if not args.image_root or (args.masks == "coco" and not args.annotations):

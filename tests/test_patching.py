@@ -468,7 +468,11 @@ def _fake_dist(folder, version, record=False, editable=False):
 ])
 def test_solo_problem_messages(tmp_path, monkeypatch, version, record, editable, expected):
     _fake_dist(tmp_path, version, record, editable)
+    (tmp_path / "solo").mkdir()
+    (tmp_path / "solo" / "__init__.py").write_text("")
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    # Python finds an imported module in sys.modules first: solo as the fake install holds it.
+    monkeypatch.delitem(sys.modules, "solo", raising=False)
     problem = solo_check.solo_problem()
     if expected is None:
         assert problem is None
