@@ -504,6 +504,28 @@ def strata_maps(grids: Dict[str, GridResults]) -> List[str]:
             "Z_r) of the 4x4 last feature map, upsampled (`solo-iclmsr strata`).", ""]
 
 
+def not_run(grids: Dict[str, GridResults]) -> List[str]:
+    """The grids and arms of ``GRIDS`` with no finished run, so that a partial report says what
+    it leaves out."""
+    missing = []
+    for spec in GRIDS:
+        g = grids.get(spec.name)
+        arms = ["base", "iclmsr", "base_equal_time", *spec.arms]
+        if g is None or not any(g.has(a) for a in arms):
+            missing.append(f"{spec.name} (the whole grid)")
+            continue
+        absent = [a for a in arms if not g.has(a)]
+        most = max(len(g.seeds(a)) for a in arms)
+        short = [f"{a} ({len(g.seeds(a))} of {most} seeds)" for a in arms
+                 if g.has(a) and len(g.seeds(a)) < most]
+        if absent or short:
+            missing.append(f"{spec.name}: " + ", ".join([*absent, *short]))
+    if not missing:
+        return [""]
+    return ["* not run (the same command without `--grids` / `--arms` / `--no-equal-time` "
+            "trains them, the finished runs reused):"] + [f"  * {m}" for m in missing] + [""]
+
+
 def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str) -> Path:
     """``benchmarks/results/evidence.md`` from the grids' results (a hand-written reading
     headed ``## Reading`` survives regeneration)."""
@@ -521,7 +543,7 @@ def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str) -> 
         meta = g.folder / "compare.json"
         if meta.exists():
             lines.append(f"  * {name}: `{read_json(meta)['command']}`")
-    lines.append("")
+    lines += not_run(grids)
     lines += precondition_section(grids)
     effect, _ = effect_section(grids)
     lines += effect

@@ -96,12 +96,22 @@ def test_a_tiny_grid_runs_its_arms_reports_and_reads_back(evidence):
     grid = evidence.GridSpec("simclr", 0.95, ("base_fg", "uniform"))
     monkey.setattr(evidence, "GRIDS", (grid,))
     try:
-        assert evidence.main(args) == 0
+        # a part of the grid first: one extra arm, no equal time; the summary says what is missing
+        assert evidence.main([*args, "--arms", "base_fg", "--no-equal-time"]) == 0
         runs = Path("runs") / "simclr-rho0.95"
+        rows = list(csv.DictReader(open(runs / "results.csv")))
+        assert {r["arm"] for r in rows} == {"base", "iclmsr", "base_fg"}
+        summary = (evidence.RESULTS / "evidence.md").read_text()
+        assert "* not run" in summary and "simclr-rho0.95: base_equal_time, uniform" in summary
+        first = _mtimes(runs / "runs")
+        # then the whole grid: the finished runs reused, the missing arms added
+        assert evidence.main(args) == 0
+        assert {k: v for k, v in _mtimes(runs / "runs").items() if k in first} == first
         rows = list(csv.DictReader(open(runs / "results.csv")))
         assert {r["arm"] for r in rows} == {"base", "iclmsr", "base_fg", "uniform",
                                             "base_equal_time"}
         summary = (evidence.RESULTS / "evidence.md").read_text()
+        assert "* not run" not in summary
         for heading in ("## 1. Precondition", "## 2. ICL-MSR against the base method",
                         "## 3. Which part of ICL-MSR", "## 5. The first-order reading",
                         "## 6. Stratum maps"):
