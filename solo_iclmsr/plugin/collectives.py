@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["distributed", "rank", "world_size", "all_reduce_sum", "gather", "average",
-           "global_batch_norm", "solo_collectives"]
+           "global_batch_statistics", "global_batch_norm", "solo_collectives"]
 
 
 def distributed() -> bool:
@@ -130,17 +130,23 @@ def average(tensors: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
     return [None if t is None else all_reduce_sum(t) / n for t in tensors]
 
 
+def global_batch_statistics(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Mean and biased variance of the global batch over every dimension but 1, and the number
+    of values per channel they are taken over, differentiable in every mode."""
+    dims = [0] + list(range(2, x.dim()))
+    count = all_reduce_sum(x.new_tensor(float(x.numel() // x.shape[1])))
+    mean = all_reduce_sum(x.sum(dims)) / count
+    centred = x - mean.view((1, -1) + (1,) * (x.dim() - 2))
+    return mean, all_reduce_sum(centred.pow(2).sum(dims)) / count, count
+
+
 def global_batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                       eps: float) -> Tensor:
     """Batch normalisation with the mean and (biased) variance of the global batch, over every
     dimension but 1 (SyncBatchNorm's training-mode output, running statistics untouched)."""
-    dims = [0] + list(range(2, x.dim()))
-    count = all_reduce_sum(x.new_tensor(float(x.numel() // x.shape[1])))
-    mean = all_reduce_sum(x.sum(dims)) / count
+    mean, var, _ = global_batch_statistics(x)
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    centred = x - mean.view(shape)
-    var = all_reduce_sum(centred.pow(2).sum(dims)) / count
-    y = centred * torch.rsqrt(var + eps).view(shape)
+    y = (x - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
     if weight is not None:
         y = y * weight.view(shape)
     if bias is not None:

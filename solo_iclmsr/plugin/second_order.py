@@ -27,7 +27,7 @@ from typing import Iterator, List
 import torch
 from torch import Tensor, nn
 
-from solo_iclmsr.plugin.collectives import all_reduce_sum, distributed, global_batch_norm
+from solo_iclmsr.plugin.collectives import distributed, global_batch_norm, global_batch_statistics
 
 __all__ = ["disable_fused_attention", "twice_differentiable", "iter_norm_forward",
            "sync_batch_norm_forward"]
@@ -75,13 +75,10 @@ def sync_batch_norm_forward(norm: nn.SyncBatchNorm, x: Tensor) -> Tensor:
     y = global_batch_norm(x, norm.weight, norm.bias, norm.eps)
     if norm.training and norm.track_running_stats and norm.running_mean is not None:
         with torch.no_grad():
-            dims = [0] + list(range(2, x.dim()))
-            count = all_reduce_sum(x.new_tensor(float(x.numel() // x.shape[1])))
-            mean = all_reduce_sum(x.sum(dims)) / count
-            var = all_reduce_sum((x - mean.view(1, -1, *[1] * (x.dim() - 2))).pow(2).sum(dims))
+            mean, var, count = global_batch_statistics(x)
             momentum = 0.1 if norm.momentum is None else norm.momentum
             norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
-            norm.running_var.mul_(1 - momentum).add_(momentum * var / (count - 1))
+            norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
             norm.num_batches_tracked.add_(1)
     return y
 

@@ -86,3 +86,28 @@ def test_a_ddp_pretrain_on_two_processes_ends_where_one_process_ends(tmp_path):
     for key in adam1:
         torch.testing.assert_close(adam2[key]["exp_avg"], adam1[key]["exp_avg"], rtol=1e-3,
                                    atol=1e-7)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_sync_batch_norm_inside_the_meta_step_is_torchs_on_one_process(training):
+    """``sync_batch_norm_forward`` (SyncBatchNorm in the meta step) on one process: torch's batch
+    norm, its output, its gradient and its running statistics (momentum, unbiased variance)."""
+    from solo_iclmsr.plugin.second_order import sync_batch_norm_forward
+
+    torch.manual_seed(0)
+    ours, reference = torch.nn.SyncBatchNorm(3).double(), torch.nn.BatchNorm2d(3).double()
+    for norm in (ours, reference):
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+        norm.running_mean.fill_(0.2)
+        norm.running_var.fill_(1.3)
+        norm.train(training)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    y, y_ref = sync_batch_norm_forward(ours, x), reference(x)
+    _close(y, y_ref, "output")
+    w = torch.randn_like(y)
+    _close(torch.autograd.grad((y * w).sum(), x)[0], torch.autograd.grad((y_ref * w).sum(), x)[0],
+           "gradient")
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, key), getattr(reference, key), msg=key)
