@@ -602,10 +602,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{', '.join(ARMS)}")
     out = Path(args.out)
     for name in names:
+        if args.report_only and not (out / name / "runs").is_dir():
+            continue  # never run: nothing to report
         print(f"[evidence] grid {name}", flush=True)
         run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only, args.set,
                  only=only, equal_time=not args.no_equal_time)
-    grids = {g.name: GridResults(g, out / g.name) for g in GRIDS if (out / g.name).exists()}
+    grids = {g.name: GridResults(g, out / g.name) for g in GRIDS
+             if (out / g.name / "runs").is_dir()}
     if args.masks:
         if not args.image_root or (args.masks == "coco" and not args.annotations):
             p.error("--masks coco needs --annotations and --image-root; folder --image-root")
