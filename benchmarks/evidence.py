@@ -170,6 +170,11 @@ def grid_overrides(scale: Scale, method: str, rho: float) -> List[str]:
             *[f"++method_kwargs.{k}={_value(v)}" for k, v in m.kwargs.items()]]
 
 
+def has_runs(folder: Path) -> bool:
+    """Whether the grid in ``folder`` was ever run (compare's ``runs/`` folder exists)."""
+    return (folder / "runs").is_dir()
+
+
 def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs: int,
              report_only: bool = False, extra: Sequence[str] = (),
              arms: Optional[Dict[str, str]] = None, only: Optional[Sequence[str]] = None,
@@ -602,13 +607,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{', '.join(ARMS)}")
     out = Path(args.out)
     for name in names:
-        if args.report_only and not (out / name / "runs").is_dir():
+        if args.report_only and not has_runs(out / name):
             continue  # never run: nothing to report
         print(f"[evidence] grid {name}", flush=True)
         run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only, args.set,
                  only=only, equal_time=not args.no_equal_time)
-    grids = {g.name: GridResults(g, out / g.name) for g in GRIDS
-             if (out / g.name / "runs").is_dir()}
+    grids = {g.name: GridResults(g, out / g.name) for g in GRIDS if has_runs(out / g.name)}
     if args.masks:
         if not args.image_root or (args.masks == "coco" and not args.annotations):
             p.error("--masks coco needs --annotations and --image-root; folder --image-root")

@@ -12,9 +12,9 @@ forward-mode rule; torch's ``SyncBatchNorm`` likewise. Here:
 * :func:`gather` concatenates every rank's tensor; its backward sums the gradients of all ranks
   and keeps this rank's slice (through :func:`all_reduce_sum`, so it can be differentiated
   again), its forward-mode rule gathers the tangents;
-* :func:`global_batch_norm` normalises with the statistics of the global batch, written with
-  :func:`all_reduce_sum`, so that SyncBatchNorm inside the meta step keeps its meaning in
-  every mode of differentiation.
+* :func:`global_batch_statistics` gives the statistics of the global batch, written with
+  :func:`all_reduce_sum`, and :func:`normalise` normalises with them, so that SyncBatchNorm
+  inside the meta step keeps its meaning in every mode of differentiation.
 
 :func:`solo_collectives` puts them where solo's losses gather (``solo.losses.simclr``,
 ``nnclr``, ``vicreg``, ``vibcreg``) and where Barlow Twins all-reduces its correlation matrix.
@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["distributed", "rank", "world_size", "all_reduce_sum", "gather", "average",
-           "global_batch_statistics", "global_batch_norm", "solo_collectives"]
+           "global_batch_statistics", "normalise", "solo_collectives"]
 
 
 def distributed() -> bool:
@@ -130,23 +130,22 @@ def average(tensors: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
     return [None if t is None else all_reduce_sum(t) / n for t in tensors]
 
 
-def global_batch_statistics(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Mean and biased variance of the global batch over every dimension but 1, and the number
-    of values per channel they are taken over, differentiable in every mode."""
+def global_batch_statistics(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``x`` centred on the global batch's mean, that mean and the (biased) variance, over every
+    dimension but 1, and the number of values per channel they are taken over; differentiable
+    in every mode."""
     dims = [0] + list(range(2, x.dim()))
     count = all_reduce_sum(x.new_tensor(float(x.numel() // x.shape[1])))
     mean = all_reduce_sum(x.sum(dims)) / count
     centred = x - mean.view((1, -1) + (1,) * (x.dim() - 2))
-    return mean, all_reduce_sum(centred.pow(2).sum(dims)) / count, count
+    return centred, mean, all_reduce_sum(centred.pow(2).sum(dims)) / count, count
 
 
-def global_batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                      eps: float) -> Tensor:
-    """Batch normalisation with the mean and (biased) variance of the global batch, over every
-    dimension but 1 (SyncBatchNorm's training-mode output, running statistics untouched)."""
-    mean, var, _ = global_batch_statistics(x)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    y = (x - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
+def normalise(centred: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+              eps: float) -> Tensor:
+    """``centred`` scaled to unit variance per channel (dimension 1), then the affine map."""
+    shape = (1, -1) + (1,) * (centred.dim() - 2)
+    y = centred * torch.rsqrt(var + eps).view(shape)
     if weight is not None:
         y = y * weight.view(shape)
     if bias is not None:

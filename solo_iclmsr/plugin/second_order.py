@@ -13,9 +13,9 @@ the backbone in forward mode). Two kinds of module do not allow it:
   (:func:`twice_differentiable`), whose derivatives are autograd's; its running statistics are
   not updated on such a step;
 * torch's ``SyncBatchNorm`` (``sync_batchnorm: True`` under DDP) has no forward-mode rule and a
-  backward that cannot be differentiated again; in the same blocks it runs as
-  ``collectives.global_batch_norm``: the global batch's statistics through collectives that can
-  be differentiated in every mode (running statistics updated as SyncBatchNorm updates them,
+  backward that cannot be differentiated again; in the same blocks it normalises with
+  ``collectives.global_batch_statistics``: the global batch's statistics through collectives
+  that can be differentiated in every mode (running statistics updated as SyncBatchNorm updates them,
   where they are tracked).
 """
 
@@ -27,7 +27,7 @@ from typing import Iterator, List
 import torch
 from torch import Tensor, nn
 
-from solo_iclmsr.plugin.collectives import distributed, global_batch_norm, global_batch_statistics
+from solo_iclmsr.plugin.collectives import distributed, global_batch_statistics, normalise
 
 __all__ = ["disable_fused_attention", "twice_differentiable", "iter_norm_forward",
            "sync_batch_norm_forward"]
@@ -67,15 +67,16 @@ def iter_norm_forward(norm: nn.Module, X: Tensor) -> Tensor:
 
 def sync_batch_norm_forward(norm: nn.SyncBatchNorm, x: Tensor) -> Tensor:
     """``SyncBatchNorm``'s forward with the global statistics written as differentiable
-    collectives (``collectives.global_batch_norm``); running statistics used in eval mode and
-    updated in training mode where they are tracked (momentum, unbiased variance, as torch)."""
+    collectives (``collectives.global_batch_statistics``, computed once for the output and the
+    running statistics); running statistics used in eval mode and updated in training mode where they are tracked (momentum, unbiased variance, as torch)."""
     if not (norm.training or norm.running_mean is None):
         return torch.nn.functional.batch_norm(x, norm.running_mean, norm.running_var, norm.weight,
                                               norm.bias, False, 0.0, norm.eps)
-    y = global_batch_norm(x, norm.weight, norm.bias, norm.eps)
+    centred, mean, var, count = global_batch_statistics(x)
+    y = normalise(centred, var, norm.weight, norm.bias, norm.eps)
     if norm.training and norm.track_running_stats and norm.running_mean is not None:
         with torch.no_grad():
-            mean, var, count = global_batch_statistics(x)
+            mean, var = mean.detach(), var.detach()
             momentum = 0.1 if norm.momentum is None else norm.momentum
             norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
             norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
