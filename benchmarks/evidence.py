@@ -189,7 +189,7 @@ def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs
     from solo_iclmsr.cli.compare import compare
 
     epochs = scale.methods[grid.method].epochs
-    arms = {k: v.format(epochs_x1_25=round(1.25 * epochs))
+    arms = {k: v.replace("{epochs_x1_25}", str(round(1.25 * epochs)))
             for k, v in {**ARMS, **(arms or {})}.items()}
     names = [a for a in grid.arms if only is None or a in only]
     result = compare(os.path.relpath(CONFIGS), grid.method, str(out / grid.name),

@@ -15,8 +15,8 @@ the backbone in forward mode). Two kinds of module do not allow it:
 * torch's ``SyncBatchNorm`` (``sync_batchnorm: True`` under DDP) has no forward-mode rule and a
   backward that cannot be differentiated again; in the same blocks it normalises with
   ``collectives.global_batch_statistics``: the global batch's statistics through collectives
-  that can be differentiated in every mode (running statistics updated as SyncBatchNorm updates them,
-  where they are tracked).
+  that can be differentiated in every mode (running statistics updated as SyncBatchNorm
+  updates them, where they are tracked).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def iter_norm_forward(norm: nn.Module, X: Tensor) -> Tensor:
 def sync_batch_norm_forward(norm: nn.SyncBatchNorm, x: Tensor) -> Tensor:
     """``SyncBatchNorm``'s forward with the global statistics written as differentiable
     collectives (``collectives.global_batch_statistics``, computed once for the output and the
-    running statistics); running statistics used in eval mode and updated in training mode where they are tracked (momentum, unbiased variance, as torch)."""
+    running statistics); running statistics used in eval mode and updated in training mode
+    where they are tracked (momentum, unbiased variance, as torch)."""
     if not (norm.training or norm.running_mean is None):
         return torch.nn.functional.batch_norm(x, norm.running_mean, norm.running_var, norm.weight,
                                               norm.bias, False, 0.0, norm.eps)
@@ -76,7 +77,7 @@ def sync_batch_norm_forward(norm: nn.SyncBatchNorm, x: Tensor) -> Tensor:
     y = normalise(centred, var, norm.weight, norm.bias, norm.eps)
     if norm.training and norm.track_running_stats and norm.running_mean is not None:
         with torch.no_grad():
-            mean, var = mean.detach(), var.detach()
+            mean, var = mean.detach(), var.detach()  # no_grad keeps forward-mode tangents
             momentum = 0.1 if norm.momentum is None else norm.momentum
             norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
             norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
