@@ -10,9 +10,11 @@ arms ``base``, ``iclmsr`` (the paper's reading) and ``base_equal_time`` (the bas
 trained for the time ICL-MSR took), plus ``base_fg`` at the largest rho (the base method trained
 on foreground-only images: the precondition, and the paper's 2x2 motivation table with the
 ``base`` arm), and for SimCLR the ablations and options of ``ARMS``. Each grid's report
-(``report.md``, ``results.csv``, ``report.png``) is copied to ``benchmarks/results/evidence/
-<grid>/``; this script adds only what compare does not do: the targets across grids, the 2x2
-table, and the strata analyses (probe statistics on held-out images and stratum maps).
+(``report.md``, ``results.csv``, ``diagnostics.csv``, ``report.png``, ``compare.json``) is copied
+to ``benchmarks/results/evidence/<grid>/``; this script adds only what compare does not do: the
+targets across grids, the 2x2 table, and the strata analyses (probe statistics on held-out images
+and stratum maps). The summary is built from those copies, so every committed grid stays in it
+when its run folders are gone (a grid spans several machines or sessions).
 
 A dataset with real foreground masks (``--masks coco --annotations FILE --image-root DIR``, or
 ``--masks folder --image-root DIR [--masks-root DIR]``) gives one more grid, ``masked``: SimCLR
@@ -22,7 +24,8 @@ and tested by compare on the held-out fifth in its full / fg / bg versions
 (``data.loaders.evaluation_sets``): the paper's 2x2 table on real masks.
 
 A grid is resumable as compare is: the same command after an interruption trains only what is
-missing. ``--report-only`` rebuilds every report from the run folders; ``--set KEY=VALUE`` adds a
+missing. ``--report-only`` rebuilds the reports of the grids whose run folders are in ``--out``
+and the summary from every committed report; ``--set KEY=VALUE`` adds a
 Hydra override to every run (after the scale's), e.g. to shrink a scale for a smoke test.
 """
 
@@ -197,12 +200,18 @@ def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs
                      [(name, arms[name]) for name in names],
                      equal_time=equal_time and not grid.masked,
                      eval=["knn"], knn_k=[5, 20], jobs=jobs, report_only=report_only, quiet=True)
-    target = RESULTS / "evidence" / grid.name
+    target = committed(grid.name)
     target.mkdir(parents=True, exist_ok=True)
-    for key in ("report", "results", "figure"):
+    for key in ("report", "results", "diagnostics", "figure"):
         if key in result:
             shutil.copy(result[key], target / Path(result[key]).name)
+    shutil.copy(out / grid.name / "compare.json", target / "compare.json")
     return result
+
+
+def committed(name: str) -> Path:
+    """Where the report of grid ``name`` is kept (and read back by the summary)."""
+    return RESULTS / "evidence" / name
 
 
 @dataclass
@@ -272,13 +281,16 @@ NOTES = "## Reading"
 
 
 class GridResults:
-    """The finished runs of one grid, from its ``results.csv`` and run folders."""
+    """The finished runs of one grid, from its committed report (``folder``: ``results.csv``,
+    ``diagnostics.csv``, ``compare.json``); ``runs``, the grid's compare folder where it is
+    still here (the stratum maps need a checkpoint)."""
 
-    def __init__(self, grid: GridSpec, folder: Path) -> None:
-        from solo_iclmsr.compare.report import collect
+    def __init__(self, grid: GridSpec, folder: Path, runs: Optional[Path] = None) -> None:
+        from solo_iclmsr.compare.report import read_report
 
-        self.grid, self.folder = grid, folder
-        rows, self.diagnostics = collect(folder) if folder.exists() else ([], {})
+        self.grid, self.folder, self.runs = grid, folder, runs
+        rows, self.diagnostics = (read_report(folder) if (folder / "results.csv").exists()
+                                  else ([], {}))
         self.values: Dict[Tuple[str, str, str], Dict[int, float]] = {}
         self.rows = rows
         for r in rows:
@@ -327,8 +339,8 @@ class GridResults:
         return a / b if a and b else None
 
     def diagnostic(self, arm: str, key: str) -> Optional[float]:
-        vals = [d[key] for (a, _), d in self.diagnostics.items() if a == arm and key in d]
-        return statistics.mean(vals) if vals else None
+        """The mean over the arm's runs of the last logged ``key``, None where not logged."""
+        return self.diagnostics.get(arm, {}).get(key)
 
 
 def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
@@ -500,17 +512,20 @@ def diagnostics_section(grids: Dict[str, GridResults]) -> List[str]:
 
 
 def strata_maps(grids: Dict[str, GridResults]) -> List[str]:
-    """Stratum maps of the first ICL-MSR run of SimCLR at rho 0.95."""
+    """Stratum maps of the first ICL-MSR run of SimCLR at rho 0.95 (rendered from its
+    checkpoint where the run is here, else the committed figure kept)."""
     from solo_iclmsr.cli.strata import render_strata
     from solo_iclmsr.compare.grid import read_json
 
     g = grids.get("simclr-rho0.95")
-    folder = None if g is None else g.folder / "runs" / "iclmsr" / "seed0"
-    if folder is None or not (folder / "run.json").exists():
+    figure = RESULTS / "evidence_strata.png"
+    folder = None if g is None or g.runs is None else g.runs / "runs" / "iclmsr" / "seed0"
+    if folder is not None and (folder / "run.json").exists():
+        checkpoint = folder / read_json(folder / "run.json")["checkpoint"]
+        render_strata(str(checkpoint), str(figure), images=6,
+                      title="SimCLR + ICL-MSR, rho 0.95, seed 0: stratum maps on test images")
+    elif g is None or not g.has("iclmsr") or not figure.exists():
         return []
-    checkpoint = folder / read_json(folder / "run.json")["checkpoint"]
-    render_strata(str(checkpoint), str(RESULTS / "evidence_strata.png"), images=6,
-                  title="SimCLR + ICL-MSR, rho 0.95, seed 0: stratum maps on test images")
     return ["## 6. Stratum maps", "", "![strata](evidence_strata.png)", "",
             "Each row: a test image, its mask, and per stratum a_t the map ReLU(sum_r a_{t,r} "
             "Z_r) of the 4x4 last feature map, upsampled (`solo-iclmsr strata`).", ""]
@@ -622,7 +637,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[evidence] grid {name}", flush=True)
         run_grid(scale, known[name], args.seeds, out, args.jobs, args.report_only, args.set,
                  only=only, equal_time=not args.no_equal_time)
-    grids = {g.name: GridResults(g, out / g.name) for g in GRIDS if has_runs(out / g.name)}
+    grids = {g.name: GridResults(g, committed(g.name), out / g.name) for g in GRIDS
+             if (committed(g.name) / "results.csv").exists()}
     if args.masks:
         if not args.image_root or (args.masks == "coco" and not args.annotations):
             p.error("--masks coco needs --annotations and --image-root; folder --image-root")
@@ -630,7 +646,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_masked_grid(scale, MaskSource(args.masks, args.image_root, args.annotations,
                                           args.masks_root), args.seeds, out, args.jobs,
                         args.report_only, args.set)
-        grids["masked"] = GridResults(GridSpec("simclr", 0.0, masked=True), out / "masked")
+        grids["masked"] = GridResults(GridSpec("simclr", 0.0, masked=True), committed("masked"),
+                                      out / "masked")
     command = "python benchmarks/evidence.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"summary: {write_summary(scale, grids, command)}")

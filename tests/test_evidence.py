@@ -5,6 +5,7 @@ time, read back without training; the 2x2 table on a tiny COCO set with real mas
 import csv
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,6 +87,11 @@ def test_the_gain_target_needs_three_seeds_and_a_gain_above_the_pooled_std(evide
     assert target.endswith("NOT MET")
 
 
+def _body(summary: str) -> str:
+    """The summary without its header bullets (the command and the time it was written)."""
+    return summary[summary.index("## 1."):]
+
+
 def _mtimes(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
@@ -124,6 +130,14 @@ def test_a_tiny_grid_runs_its_arms_reports_and_reads_back(evidence):
         before = _mtimes(runs / "runs")
         assert evidence.main([*args, "--report-only"]) == 0
         assert _mtimes(runs / "runs") == before  # nothing trained or evaluated again
+        # the run folders gone (another machine): the summary from the committed reports alone
+        committed = evidence.RESULTS / "evidence" / "simclr-rho0.95"
+        assert {"results.csv", "diagnostics.csv", "compare.json"} <= {
+            p.name for p in committed.iterdir()}
+        shutil.rmtree(runs)
+        assert evidence.main([*args, "--report-only"]) == 0
+        again = (evidence.RESULTS / "evidence.md").read_text()
+        assert _body(again) == _body(summary) and "## 6. Stratum maps" in again
     finally:
         monkey.undo()
 

@@ -11,8 +11,8 @@ evaluated by the project's ``knn`` and ``linear`` on every test version of its d
 (``compare/evaluate.py``). The same command finishes an interrupted grid: finished runs are not
 trained again, unfinished ones resume from their last checkpoint, and a run whose config the
 command would now compose differently is refused unless ``--force``. ``OUT/results.csv``,
-``OUT/report.md`` and ``OUT/report.png`` (``compare/report.py``) are rebuilt from the run
-folders at the end, or alone with ``--report-only``.
+``OUT/diagnostics.csv``, ``OUT/report.md`` and ``OUT/report.png`` (``compare/report.py``) are
+rebuilt from the run folders at the end, or alone with ``--report-only``.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def add_arguments(parser: Any) -> None:
 
 
 class CompareResult(dict):
-    """Paths of the report's files (``results``, ``report``, ``figure``) and the runs that
-    failed (``failed``: {run: message})."""
+    """Paths of the report's files (``results``, ``diagnostics``, ``report``, ``figure``) and the
+    runs that failed (``failed``: {run: message})."""
 
 
 @contextmanager

@@ -6,6 +6,9 @@
   seed-paired difference of every arm to ``base`` with its 95% t-interval and n; the training
   time of every arm and its ratio to ``base``; the runs' diagnostics (last epoch of their
   ``metrics.csv``); the machine, torch, Lightning and solo-learn versions and the command;
+* ``diagnostics.csv``: per arm, the mean over its runs of every column of their ``metrics.csv``
+  (last logged value): with ``results.csv``, all that a summary across grids needs
+  (``read_report``), without the run folders;
 * ``report.png``: per test set, each seed as a point and the mean as a bar (the first metric);
   below, that metric against the training time of every run.
 """
@@ -25,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from solo_iclmsr.compare.grid import BASE, read_json
 
-__all__ = ["Row", "collect", "write_report", "paired_difference", "mean_std", "machine"]
+__all__ = ["Row", "collect", "write_report", "read_report", "arm_means", "paired_difference",
+           "mean_std", "machine"]
 
 #: Columns of the runs' metrics.csv shown in the diagnostics tables (those present): of the
 #: training step, and of the strata probe on held-out images.
@@ -101,6 +105,37 @@ def _last_metrics(checkpoint: Path) -> Dict[str, float]:
     return out
 
 
+def arm_means(diagnostics: Dict[Tuple[str, int], Dict[str, float]]
+              ) -> Dict[str, Dict[str, Tuple[float, int]]]:
+    """Per arm and key, (mean over the arm's runs, how many runs logged it)."""
+    values: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for (arm, _), metrics in diagnostics.items():
+        for key, value in metrics.items():
+            values[arm][key].append(value)
+    return {arm: {k: (statistics.mean(v), len(v)) for k, v in keys.items()}
+            for arm, keys in values.items()}
+
+
+def read_report(out: Path) -> Tuple[List[Row], Dict[str, Dict[str, float]]]:
+    """The rows of ``out/results.csv`` and the per-arm diagnostic means of
+    ``out/diagnostics.csv`` (empty where absent), as ``write_report`` wrote them."""
+    rows: List[Row] = []
+    with open(out / "results.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append(Row(arm=r["arm"], seed=int(r["seed"]), test_set=r["test_set"],
+                            metric=r["metric"], value=float(r["value"]),
+                            train_seconds=float(r["train_seconds"]),
+                            seconds_per_step=float(r["seconds_per_step"]),
+                            cpu_seconds_per_step=float(r["cpu_seconds_per_step"]),
+                            steps=int(r["steps"]), max_epochs=int(r["max_epochs"])))
+    means: Dict[str, Dict[str, float]] = defaultdict(dict)
+    if (out / "diagnostics.csv").exists():
+        with open(out / "diagnostics.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                means[r["arm"]][r["key"]] = float(r["mean"])
+    return rows, dict(means)
+
+
 def mean_std(values: Sequence[float]) -> str:
     """``mean ± std`` (sample std), or the value alone for one run."""
     values = [v for v in values if v is not None and not math.isnan(v)]
@@ -166,17 +201,23 @@ def _table(header: List[str], rows: List[List[str]]) -> str:
 
 
 def write_report(out: Path, command: str = "", arms: Sequence[str] = ()) -> Dict[str, Path]:
-    """Write ``results.csv``, ``report.md`` and ``report.png`` into ``out``; returns their
-    paths. ``arms`` orders the arms (the others follow by name)."""
+    """Write ``results.csv``, ``diagnostics.csv``, ``report.md`` and ``report.png`` into
+    ``out``; returns their paths. ``arms`` orders the arms (the others follow by name)."""
     rows, diagnostics = collect(out)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(Row.FIELDS)
         for r in rows:
             writer.writerow([getattr(r, k) for k in Row.FIELDS])
+    with open(out / "diagnostics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("arm", "key", "mean", "runs"))
+        for arm, keys in sorted(arm_means(diagnostics).items()):
+            writer.writerows((arm, k, repr(m), n) for k, (m, n) in sorted(keys.items()))
     text = report_text(rows, diagnostics, command, arms)
     (out / "report.md").write_text(text)
-    paths = {"results": out / "results.csv", "report": out / "report.md"}
+    paths = {"results": out / "results.csv", "diagnostics": out / "diagnostics.csv",
+             "report": out / "report.md"}
     if rows:
         paths["figure"] = _figure(rows, _ordered([r.arm for r in rows], [BASE, *arms]),
                                   out / "report.png")
@@ -253,6 +294,7 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                       ratio(means["cpu_seconds_per_step"], base["cpu_seconds_per_step"])])
     lines += [_table(["arm", "runs", "epochs", "steps", "train s", "s / step", "CPU s / step",
                       "train s / base", "s/step / base", "CPU s/step / base"], table), ""]
+    means = arm_means(diagnostics)
     for keys, title, text in (
             (DIAGNOSTICS, "Diagnostics",
              "Last logged epoch of each run's metrics.csv, mean over the seeds: L_msr; the "
@@ -272,14 +314,8 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
         if not present:
             continue
         lines += [f"## {title}", "", text, ""]
-        table = []
-        for arm in arm_names:
-            cells = []
-            for key in present:
-                vals = [diagnostics[(arm, s)][key] for s in runs[arm]
-                        if key in diagnostics.get((arm, s), {})]
-                cells.append(f"{statistics.mean(vals):.3g}" if vals else "-")
-            table.append([arm, *cells])
+        table = [[arm, *(f"{means[arm][k][0]:.3g}" if k in means.get(arm, {}) else "-"
+                         for k in present)] for arm in arm_names]
         lines += [_table(["arm", *present], table), ""]
     return "\n".join(lines)
 

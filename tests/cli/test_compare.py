@@ -16,7 +16,7 @@ from fake_data import write_image_folder
 
 from solo_iclmsr.cli.compare import compare
 from solo_iclmsr.compare.grid import equal_time_epochs, read_json, write_json
-from solo_iclmsr.compare.report import paired_difference
+from solo_iclmsr.compare.report import collect, paired_difference, read_report
 
 REPO = Path(__file__).resolve().parents[2]
 BUILTIN = str(REPO / "configs" / "pretrain" / "builtin")
@@ -87,8 +87,17 @@ def test_two_arms_two_seeds_on_the_built_in_set(tmp_path):
         assert f"{d:+.1f} [{d - half:+.1f}, {d + half:+.1f}] (n=2)" in paired
     assert "torch " in report and "solo-learn 1.0.6+iclmsr" in report and "command:" in report
     assert "diag/grad_cos_msr_ct" in report  # the runs' diagnostics
+    # results.csv and diagnostics.csv read back: the rows, and each arm's mean of its runs'
+    # last logged metrics (a summary across grids needs no run folder)
+    read_rows, means = read_report(out)
+    collected, per_run = collect(out)
+    assert read_rows == collected
+    key = "diag/grad_cos_msr_ct"
+    expected = statistics.mean(per_run[("iclmsr", s)][key] for s in (0, 1))
+    assert means["iclmsr"][key] == pytest.approx(expected, rel=1e-12)
+    assert key not in means.get("base", {})
     # the report from the run folders alone
-    for name in ("results.csv", "report.md", "report.png", "compare.json"):
+    for name in ("results.csv", "diagnostics.csv", "report.md", "report.png", "compare.json"):
         (out / name).unlink()
     again = compare(BUILTIN, "simclr", str(out), report_only=True)
     assert again["failed"] == {}
