@@ -82,7 +82,7 @@ SCALES: Dict[str, Scale] = {
     # 2 CPU cores: a narrow timm test_resnet with the CIFAR stem (a 4x4 last map at 32 px),
     # 3584 / 1000 images, batch 112. Epochs per method: the fewest with which the base method
     # trained on foreground-only images scores >= 2x chance on them (BENCHMARKS.md section 4);
-    # BYOL and MoCo v3 fall just short of it at 8 (18.9 and 19.0 over three seeds).
+    # BYOL and MoCo v3 fell just short of it at 8 (18.9 and 19.0 over three seeds), hence 12.
     "cpu": Scale("cpu", [
         "backbone.name=test_resnet", "++backbone.kwargs.cifar=true",
         "++backbone.kwargs.stem_width=8", "++backbone.kwargs.channels=[16,32,48,96]",
@@ -93,10 +93,10 @@ SCALES: Dict[str, Scale] = {
         "++limit_val_batches=0", "++iclmsr.msr_width=32", "++iclmsr.msr_depth=3",
         "++diagnostics.every_n_steps=16", "++diagnostics.images=1000"], {
         "simclr": MethodScale(0.4, 4, _CPU_PROJ),
-        "byol": MethodScale(1.0, 8, {**_CPU_PROJ, "pred_hidden_dim": 512}),
+        "byol": MethodScale(1.0, 12, {**_CPU_PROJ, "pred_hidden_dim": 512}),
         "barlow_twins": MethodScale(0.3, 4, {"proj_hidden_dim": 512, "proj_output_dim": 512,
                                              "scale_loss": 1.0}),
-        "mocov3": MethodScale(0.3, 8, {**_CPU_PROJ, "pred_hidden_dim": 512}),
+        "mocov3": MethodScale(0.3, 12, {**_CPU_PROJ, "pred_hidden_dim": 512}),
         "vicreg": MethodScale(0.3, 4, {"proj_hidden_dim": 512, "proj_output_dim": 512}),
     }),
     # A GPU: ResNet-18 with the CIFAR stem, the built-in set at CIFAR's size, the methods'
@@ -174,6 +174,13 @@ def grid_overrides(scale: Scale, method: str, rho: float) -> List[str]:
     return [*scale.overrides, f"max_epochs={m.epochs}", f"optimizer.lr={m.lr:g}",
             f"++data.builtin.rho={rho:g}", f"++diagnostics.every_n_epochs={m.epochs}",
             *[f"++method_kwargs.{k}={_value(v)}" for k, v in m.kwargs.items()]]
+
+
+def run_epochs(scale: Scale, method: str, extra: Sequence[str] = ()) -> int:
+    """The epochs of a grid of ``method``: the scale's, unless ``extra`` (``--set``) sets them."""
+    overrides = [f"max_epochs={scale.methods[method].epochs}", *extra]
+    return int(next(o.split("=", 1)[1] for o in reversed(overrides)
+                    if o.lstrip("+").startswith("max_epochs=")))
 
 
 def has_runs(folder: Path) -> bool:
@@ -302,6 +309,11 @@ class GridResults:
     def has(self, arm: str) -> bool:
         return bool(self.seeds(arm))
 
+    def epochs(self, arm: str = "base") -> Optional[int]:
+        """The epochs the arm's runs trained (the most common, where they differ)."""
+        epochs = [r.max_epochs for r in self.rows if r.arm == arm]
+        return statistics.mode(epochs) if epochs else None
+
     def cell(self, arm: str, test: str = "fg", metric: str = PRIMARY) -> str:
         from solo_iclmsr.compare.report import mean_std
 
@@ -377,11 +389,12 @@ def precondition_section(grids: Dict[str, GridResults]) -> List[str]:
             continue
         fg = list(g.seeds("base_fg").values())
         ok = statistics.mean(fg) >= 2 * CHANCE
-        rows.append([g.grid.method, f"{g.grid.rho:g}", g.cell("base", "full"), g.cell("base", "fg"),
+        rows.append([g.grid.method, f"{g.grid.rho:g}", str(g.epochs("base_fg")),
+                     g.cell("base", "full"), g.cell("base", "fg"),
                      g.cell("base", "decorrelated"), g.cell("base_fg", "full"),
                      g.cell("base_fg", "fg"), g.cell("base_fg", "decorrelated"),
                      "yes" if ok else "NO"])
-    lines += [_table(["method", "rho", "trF/teF", "trF/teFG", "trF/teDecor", "trFG/teF",
+    lines += [_table(["method", "rho", "epochs", "trF/teF", "trF/teFG", "trF/teDecor", "trFG/teF",
                       "trFG/teFG", "trFG/teDecor", ">= 2x chance"], rows), ""]
     masked = grids.get("masked")
     if masked is not None and masked.has("base") and masked.has("base_fg"):
@@ -405,7 +418,8 @@ def effect_section(grids: Dict[str, GridResults]) -> Tuple[List[str], Dict[str, 
         if not (g.has("base") and g.has("iclmsr")) or g.grid.masked:
             continue
         d, pooled, n = _pooled_gain(g)
-        rows.append([g.grid.method, f"{g.grid.rho:g}", g.cell("base"), g.cell("iclmsr"),
+        rows.append([g.grid.method, f"{g.grid.rho:g}", str(g.epochs()), g.cell("base"),
+                     g.cell("iclmsr"),
                      g.cell("base_equal_time"), g.paired_cell("iclmsr", "base"),
                      g.paired_cell("iclmsr", "base_equal_time"),
                      g.paired_cell("iclmsr", "base", "full"),
@@ -420,7 +434,7 @@ def effect_section(grids: Dict[str, GridResults]) -> Tuple[List[str], Dict[str, 
         if g.has("base_equal_time"):
             verdict["equal_time"].append((g.grid.method, g.grid.rho,
                                           g.paired("iclmsr", "base_equal_time")[0], d))
-    lines += [_table(["method", "rho", "base fg", "iclmsr fg", "base_equal_time fg",
+    lines += [_table(["method", "rho", "epochs", "base fg", "iclmsr fg", "base_equal_time fg",
                       "iclmsr - base, fg", "iclmsr - base_equal_time, fg",
                       "iclmsr - base, full", "iclmsr - base, decorrelated",
                       "CPU s/step, iclmsr / base", "equal-time epochs"], rows), ""]
@@ -531,10 +545,15 @@ def strata_maps(grids: Dict[str, GridResults]) -> List[str]:
             "Z_r) of the 4x4 last feature map, upsampled (`solo-iclmsr strata`).", ""]
 
 
-def not_run(grids: Dict[str, GridResults]) -> List[str]:
-    """The grids and arms of ``GRIDS`` with no finished run, so that a partial report says what
-    it leaves out."""
+def not_run(grids: Dict[str, GridResults], epochs: Optional[Dict[str, int]] = None) -> List[str]:
+    """The grids and arms of ``GRIDS`` with no finished run, and the committed grids trained at
+    other epochs than ``epochs`` (per method: what the command gives now; an older scale), so
+    that a partial report says what it leaves out."""
     missing = []
+    for name, g in grids.items():
+        now = (epochs or {}).get(g.grid.method)
+        if now is not None and g.epochs() not in (None, now) and not g.grid.masked:
+            missing.append(f"{name}: trained at {g.epochs()} epochs, the scale now gives {now}")
     for spec in GRIDS:
         g = grids.get(spec.name)
         arms = ["base", "iclmsr", "base_equal_time", *spec.arms]
@@ -549,11 +568,13 @@ def not_run(grids: Dict[str, GridResults]) -> List[str]:
             missing.append(f"{spec.name}: " + ", ".join([*absent, *short]))
     if not missing:
         return [""]
-    return ["* not run (the same command without `--grids` / `--arms` / `--no-equal-time` "
-            "trains them, the finished runs reused):"] + [f"  * {m}" for m in missing] + [""]
+    return ["* not run at this scale (the same command without `--grids` / `--arms` / "
+            "`--no-equal-time` trains them, the finished runs reused):"] + [
+        f"  * {m}" for m in missing] + [""]
 
 
-def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str) -> Path:
+def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str,
+                  extra: Sequence[str] = ()) -> Path:
     """``benchmarks/results/evidence.md`` from the grids' results (a hand-written reading
     headed ``## Reading`` survives regeneration)."""
     from solo_iclmsr.compare.grid import read_json
@@ -570,7 +591,7 @@ def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str) -> 
         meta = g.folder / "compare.json"
         if meta.exists():
             lines.append(f"  * {name}: `{read_json(meta)['command']}`")
-    lines += not_run(grids)
+    lines += not_run(grids, {m: run_epochs(scale, m, extra) for m in scale.methods})
     lines += precondition_section(grids)
     effect, _ = effect_section(grids)
     lines += effect
@@ -650,7 +671,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       out / "masked")
     command = "python benchmarks/evidence.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(f"summary: {write_summary(scale, grids, command)}")
+    print(f"summary: {write_summary(scale, grids, command, args.set)}")
     return 0
 
 

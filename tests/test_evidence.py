@@ -87,6 +87,17 @@ def test_the_gain_target_needs_three_seeds_and_a_gain_above_the_pooled_std(evide
     assert target.endswith("NOT MET")
 
 
+def test_a_grid_trained_at_other_epochs_than_the_scale_now_gives_is_listed(evidence):
+    g = _results(evidence, {("base", 0): 20.0, ("iclmsr", 0): 21.0})  # rows of 4 epochs
+    scale = evidence.SCALES["cpu"]
+    assert evidence.run_epochs(scale, "simclr") == scale.methods["simclr"].epochs
+    assert evidence.run_epochs(scale, "simclr", ["++max_epochs=8"]) == 8
+    stale = "simclr-rho0.95: trained at 4 epochs, the scale now gives 8"
+    assert any(stale in line for line in evidence.not_run({"simclr-rho0.95": g}, {"simclr": 8}))
+    assert not any("trained at" in line
+                   for line in evidence.not_run({"simclr-rho0.95": g}, {"simclr": 4}))
+
+
 def _body(summary: str) -> str:
     """The summary without its header bullets (the command and the time it was written)."""
     return summary[summary.index("## 1."):]
