@@ -198,7 +198,7 @@ def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs
     ``base_equal_time`` (a later run with it adds the arm, the finished runs reused)."""
     from solo_iclmsr.cli.compare import compare
 
-    epochs = scale.methods[grid.method].epochs
+    epochs = run_epochs(scale, grid.method, extra)
     arms = {k: v.replace("{epochs_x1_25}", str(round(1.25 * epochs)))
             for k, v in {**ARMS, **(arms or {})}.items()}
     names = [a for a in grid.arms if only is None or a in only]
@@ -551,9 +551,9 @@ def not_run(grids: Dict[str, GridResults], epochs: Optional[Dict[str, int]] = No
     that a partial report says what it leaves out."""
     missing = []
     for name, g in grids.items():
-        now = (epochs or {}).get(g.grid.method)
-        if now is not None and g.epochs() not in (None, now) and not g.grid.masked:
-            missing.append(f"{name}: trained at {g.epochs()} epochs, the scale now gives {now}")
+        now, trained = (epochs or {}).get(g.grid.method), g.epochs()
+        if now is not None and trained not in (None, now) and not g.grid.masked:
+            missing.append(f"{name}: trained at {trained} epochs, the scale now gives {now}")
     for spec in GRIDS:
         g = grids.get(spec.name)
         arms = ["base", "iclmsr", "base_equal_time", *spec.arms]
