@@ -57,11 +57,12 @@ PRIMARY = "knn5_top1"
 @dataclass
 class MethodScale:
     """One method at one scale: learning rate (before solo's batch/256 scaling), epochs,
-    projector sizes."""
+    projector sizes, and Hydra overrides of this method's runs alone (after the scale's)."""
 
     lr: float
     epochs: int
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    overrides: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,11 +79,14 @@ class Scale:
 
 
 _CPU_PROJ = {"proj_hidden_dim": 512, "proj_output_dim": 128}
+_CPU_TWICE = ("++data.builtin.n_train=7168",)
 SCALES: Dict[str, Scale] = {
     # 2 CPU cores: a narrow timm test_resnet with the CIFAR stem (a 4x4 last map at 32 px),
-    # 3584 / 1000 images, batch 112. Epochs per method: the fewest with which the base method
-    # trained on foreground-only images scores >= 2x chance on them (BENCHMARKS.md section 4);
-    # BYOL and MoCo v3 fell just short of it at 8 (18.9 and 19.0 over three seeds), hence 12.
+    # 3584 / 1000 images, batch 112. Per method, the smallest run with which the base method
+    # trained on foreground-only images scores >= 2x chance on them (BENCHMARKS.md section 4).
+    # BYOL and MoCo v3 fell short with 3584 images at 8 and at 12 epochs (18.9 / 19.0, then
+    # 19.1 / 19.6 over three seeds): they train on twice the images for 6 epochs, the same steps
+    # as 12 (20.0 / 21.4).
     "cpu": Scale("cpu", [
         "backbone.name=test_resnet", "++backbone.kwargs.cifar=true",
         "++backbone.kwargs.stem_width=8", "++backbone.kwargs.channels=[16,32,48,96]",
@@ -93,10 +97,10 @@ SCALES: Dict[str, Scale] = {
         "++limit_val_batches=0", "++iclmsr.msr_width=32", "++iclmsr.msr_depth=3",
         "++diagnostics.every_n_steps=16", "++diagnostics.images=1000"], {
         "simclr": MethodScale(0.4, 4, _CPU_PROJ),
-        "byol": MethodScale(1.0, 12, {**_CPU_PROJ, "pred_hidden_dim": 512}),
+        "byol": MethodScale(1.0, 6, {**_CPU_PROJ, "pred_hidden_dim": 512}, _CPU_TWICE),
         "barlow_twins": MethodScale(0.3, 4, {"proj_hidden_dim": 512, "proj_output_dim": 512,
                                              "scale_loss": 1.0}),
-        "mocov3": MethodScale(0.3, 12, {**_CPU_PROJ, "pred_hidden_dim": 512}),
+        "mocov3": MethodScale(0.3, 6, {**_CPU_PROJ, "pred_hidden_dim": 512}, _CPU_TWICE),
         "vicreg": MethodScale(0.3, 4, {"proj_hidden_dim": 512, "proj_output_dim": 512}),
     }),
     # A GPU: ResNet-18 with the CIFAR stem, the built-in set at CIFAR's size, the methods'
@@ -168,19 +172,41 @@ def _value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def grid_overrides(scale: Scale, method: str, rho: float) -> List[str]:
-    """The Hydra overrides of every run of a grid (on ``configs/pretrain/builtin/<method>``)."""
+def grid_overrides(scale: Scale, method: str, rho: float,
+                   epochs: Optional[int] = None) -> List[str]:
+    """The Hydra overrides of every run of a grid (on ``configs/pretrain/builtin/<method>``);
+    ``epochs``: other than the scale's (the diagnostics then still come at the last epoch)."""
     m = scale.methods[method]
-    return [*scale.overrides, f"max_epochs={m.epochs}", f"optimizer.lr={m.lr:g}",
-            f"++data.builtin.rho={rho:g}", f"++diagnostics.every_n_epochs={m.epochs}",
+    epochs = epochs or m.epochs
+    return [*scale.overrides, *m.overrides, f"max_epochs={epochs}", f"optimizer.lr={m.lr:g}",
+            f"++data.builtin.rho={rho:g}", f"++diagnostics.every_n_epochs={epochs}",
             *[f"++method_kwargs.{k}={_value(v)}" for k, v in m.kwargs.items()]]
+
+
+def override_values(overrides: Sequence[str]) -> Dict[str, str]:
+    """{key: value} of Hydra overrides (``+``/``++`` dropped; the last of a key wins)."""
+    values = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep:
+            values[key.lstrip("+")] = value
+    return values
+
+
+def command_overrides(command: str) -> Dict[str, str]:
+    """The overrides a recorded ``solo-iclmsr compare`` command gave every run of its grid."""
+    from solo_iclmsr.cli.compare import add_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    _, rest = parser.parse_known_args(shlex.split(command)[2:])
+    return override_values(rest)
 
 
 def run_epochs(scale: Scale, method: str, extra: Sequence[str] = ()) -> int:
     """The epochs of a grid of ``method``: the scale's, unless ``extra`` (``--set``) sets them."""
-    overrides = [f"max_epochs={scale.methods[method].epochs}", *extra]
-    return int(next(o.split("=", 1)[1] for o in reversed(overrides)
-                    if o.lstrip("+").startswith("max_epochs=")))
+    return int(override_values([f"max_epochs={scale.methods[method].epochs}", *extra])
+               ["max_epochs"])
 
 
 def has_runs(folder: Path) -> bool:
@@ -203,7 +229,7 @@ def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs
             for k, v in {**ARMS, **(arms or {})}.items()}
     names = [a for a in grid.arms if only is None or a in only]
     result = compare(os.path.relpath(CONFIGS), grid.method, str(out / grid.name),
-                     [*grid_overrides(scale, grid.method, grid.rho), *extra], seeds,
+                     [*grid_overrides(scale, grid.method, grid.rho, epochs), *extra], seeds,
                      [(name, arms[name]) for name in names],
                      equal_time=equal_time and not grid.masked,
                      eval=["knn"], knn_k=[5, 20], jobs=jobs, report_only=report_only, quiet=True)
@@ -293,11 +319,14 @@ class GridResults:
     still here (the stratum maps need a checkpoint)."""
 
     def __init__(self, grid: GridSpec, folder: Path, runs: Optional[Path] = None) -> None:
+        from solo_iclmsr.compare.grid import read_json
         from solo_iclmsr.compare.report import read_report
 
         self.grid, self.folder, self.runs = grid, folder, runs
         rows, self.diagnostics = (read_report(folder) if (folder / "results.csv").exists()
                                   else ([], {}))
+        meta = folder / "compare.json"
+        self.command = read_json(meta)["command"] if meta.exists() else ""
         self.values: Dict[Tuple[str, str, str], Dict[int, float]] = {}
         self.rows = rows
         for r in rows:
@@ -545,15 +574,21 @@ def strata_maps(grids: Dict[str, GridResults]) -> List[str]:
             "Z_r) of the 4x4 last feature map, upsampled (`solo-iclmsr strata`).", ""]
 
 
-def not_run(grids: Dict[str, GridResults], epochs: Optional[Dict[str, int]] = None) -> List[str]:
-    """The grids and arms of ``GRIDS`` with no finished run, and the committed grids trained at
-    other epochs than ``epochs`` (per method: what the command gives now; an older scale), so
-    that a partial report says what it leaves out."""
+def not_run(grids: Dict[str, GridResults],
+            now: Optional[Dict[str, Sequence[str]]] = None) -> List[str]:
+    """The grids and arms of ``GRIDS`` with no finished run, and the committed grids whose
+    recorded command set other overrides than ``now`` gives (per grid: what the command gives
+    now; an older scale), so that a partial report says what it leaves out."""
     missing = []
     for name, g in grids.items():
-        now, trained = (epochs or {}).get(g.grid.method), g.epochs()
-        if now is not None and trained not in (None, now) and not g.grid.masked:
-            missing.append(f"{name}: trained at {trained} epochs, the scale now gives {now}")
+        if name not in (now or {}) or not g.command:
+            continue
+        old, new = command_overrides(g.command), override_values(now[name])
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            missing.append(f"{name}: trained with " + ", ".join(
+                f"{k}={old.get(k, '(unset)')}" for k in changed) + "; the scale now gives "
+                + ", ".join(f"{k}={new.get(k, '(unset)')}" for k in changed))
     for spec in GRIDS:
         g = grids.get(spec.name)
         arms = ["base", "iclmsr", "base_equal_time", *spec.arms]
@@ -577,21 +612,21 @@ def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str,
                   extra: Sequence[str] = ()) -> Path:
     """``benchmarks/results/evidence.md`` from the grids' results (a hand-written reading
     headed ``## Reading`` survives regeneration)."""
-    from solo_iclmsr.compare.grid import read_json
     from solo_iclmsr.compare.report import machine
 
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# ICL-MSR evidence", "", f"* this report: `{command}`", f"* written {now} on "
              f"{machine()}", f"* scale `{scale.name}`: {scale.describe()}; per method: "
              + "; ".join(f"{m} lr {s.lr:g}, {s.epochs} epochs, {s.kwargs}"
+                         + "".join(f", {o}" for o in s.overrides)
                          for m, s in scale.methods.items()),
              "* every grid is one `solo-iclmsr compare` (its command and full report: "
              "`benchmarks/results/evidence/<grid>/report.md`):"]
-    for name, g in grids.items():
-        meta = g.folder / "compare.json"
-        if meta.exists():
-            lines.append(f"  * {name}: `{read_json(meta)['command']}`")
-    lines += not_run(grids, {m: run_epochs(scale, m, extra) for m in scale.methods})
+    lines += [f"  * {name}: `{g.command}`" for name, g in grids.items() if g.command]
+    lines += not_run(grids, {name: [*grid_overrides(scale, g.grid.method, g.grid.rho,
+                                                    run_epochs(scale, g.grid.method, extra)),
+                                     *extra]
+                             for name, g in grids.items() if not g.grid.masked})
     lines += precondition_section(grids)
     effect, _ = effect_section(grids)
     lines += effect

@@ -5,6 +5,7 @@ time, read back without training; the 2x2 table on a tiny COCO set with real mas
 import csv
 import importlib.util
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -87,15 +88,28 @@ def test_the_gain_target_needs_three_seeds_and_a_gain_above_the_pooled_std(evide
     assert target.endswith("NOT MET")
 
 
-def test_a_grid_trained_at_other_epochs_than_the_scale_now_gives_is_listed(evidence):
-    g = _results(evidence, {("base", 0): 20.0, ("iclmsr", 0): 21.0})  # rows of 4 epochs
+def test_a_grid_trained_with_other_overrides_than_the_scale_now_gives_is_listed(evidence,
+                                                                              tmp_path):
     scale = evidence.SCALES["cpu"]
     assert evidence.run_epochs(scale, "simclr") == scale.methods["simclr"].epochs
     assert evidence.run_epochs(scale, "simclr", ["++max_epochs=8"]) == 8
-    stale = "simclr-rho0.95: trained at 4 epochs, the scale now gives 8"
-    assert any(stale in line for line in evidence.not_run({"simclr-rho0.95": g}, {"simclr": 8}))
-    assert not any("trained at" in line
-                   for line in evidence.not_run({"simclr-rho0.95": g}, {"simclr": 4}))
+    trained = evidence.grid_overrides(scale, "simclr", 0.95, 4)
+    (tmp_path / "compare.json").write_text(json.dumps({"command": shlex.join(
+        ["solo-iclmsr", "compare", "--config-path", "c", "--config-name", "simclr", "--out", "o",
+         "--arm", "base_fg", "++data.builtin.variant=fg max_epochs=99", "--jobs", "1", *trained])}))
+    g = evidence.GridResults(evidence.GridSpec("simclr", 0.95), tmp_path)
+    assert evidence.command_overrides(g.command) == evidence.override_values(trained)
+
+    def listed(now):
+        return [line for line in evidence.not_run({"simclr-rho0.95": g}, {"simclr-rho0.95": now})
+                if "trained with" in line]
+
+    assert listed(trained) == []  # an arm's overrides are not the grid's
+    now = evidence.grid_overrides(scale, "simclr", 0.95, 8)
+    assert listed([*now, "++data.builtin.n_train=7168"]) == [
+        "  * simclr-rho0.95: trained with data.builtin.n_train=3584, diagnostics.every_n_epochs=4, "
+        "max_epochs=4; the scale now gives data.builtin.n_train=7168, "
+        "diagnostics.every_n_epochs=8, max_epochs=8"]
 
 
 def _body(summary: str) -> str:
