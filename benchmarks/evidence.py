@@ -209,6 +209,12 @@ def run_epochs(scale: Scale, method: str, extra: Sequence[str] = ()) -> int:
                ["max_epochs"])
 
 
+def run_overrides(scale: Scale, grid: GridSpec, extra: Sequence[str] = ()) -> List[str]:
+    """What every run of a built-in ``grid`` gets: the scale's overrides, then ``--set``'s."""
+    epochs = run_epochs(scale, grid.method, extra)
+    return [*grid_overrides(scale, grid.method, grid.rho, epochs), *extra]
+
+
 def has_runs(folder: Path) -> bool:
     """Whether the grid in ``folder`` was ever run (compare's ``runs/`` folder exists)."""
     return (folder / "runs").is_dir()
@@ -229,7 +235,7 @@ def run_grid(scale: Scale, grid: GridSpec, seeds: Sequence[int], out: Path, jobs
             for k, v in {**ARMS, **(arms or {})}.items()}
     names = [a for a in grid.arms if only is None or a in only]
     result = compare(os.path.relpath(CONFIGS), grid.method, str(out / grid.name),
-                     [*grid_overrides(scale, grid.method, grid.rho, epochs), *extra], seeds,
+                     run_overrides(scale, grid, extra), seeds,
                      [(name, arms[name]) for name in names],
                      equal_time=equal_time and not grid.masked,
                      eval=["knn"], knn_k=[5, 20], jobs=jobs, report_only=report_only, quiet=True)
@@ -623,9 +629,7 @@ def write_summary(scale: Scale, grids: Dict[str, GridResults], command: str,
              "* every grid is one `solo-iclmsr compare` (its command and full report: "
              "`benchmarks/results/evidence/<grid>/report.md`):"]
     lines += [f"  * {name}: `{g.command}`" for name, g in grids.items() if g.command]
-    lines += not_run(grids, {name: [*grid_overrides(scale, g.grid.method, g.grid.rho,
-                                                    run_epochs(scale, g.grid.method, extra)),
-                                     *extra]
+    lines += not_run(grids, {name: run_overrides(scale, g.grid, extra)
                              for name, g in grids.items() if not g.grid.masked})
     lines += precondition_section(grids)
     effect, _ = effect_section(grids)
