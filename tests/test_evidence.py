@@ -88,6 +88,18 @@ def test_the_gain_target_needs_three_seeds_and_a_gain_above_the_pooled_std(evide
     assert target.endswith("NOT MET")
 
 
+def test_the_ablation_verdict_compares_the_learned_strata_with_each_fixed_arm_present(evidence):
+    learned = {("iclmsr", s): v for s, v in enumerate([15.0, 16.0, 17.0])}
+    only_random = {**learned, **{("random_fixed", s): v for s, v in enumerate([11.0, 12.5, 14.0])}}
+    line, _ = evidence.ablation_verdict({"g": _results(evidence, only_random)})
+    assert "learned - random_fixed +3.5" in line and "frozen" not in line
+    assert line.endswith("the learned strata beat random_fixed by >= 1 point: yes")
+    both = {**only_random, **{("frozen", s): v for s, v in enumerate([15.0, 16.5, 16.5])}}
+    line, _ = evidence.ablation_verdict({"g": _results(evidence, both)})
+    assert "learned - frozen +0.0" in line and line.endswith("add nothing at this scale")
+    assert evidence.ablation_verdict({"g": _results(evidence, learned)}) == []
+
+
 def test_a_grid_trained_with_other_overrides_than_the_scale_now_gives_is_listed(evidence,
                                                                               tmp_path):
     scale = evidence.SCALES["cpu"]
