@@ -35,7 +35,7 @@ OVERRIDES = ["backbone.name=test_resnet", "++scheduler.warmup_epochs=0", "accele
 
 
 def _model(batch: int):
-    from solo_iclmsr.cli.pretrain import build_model
+    from solo_iclmsr.runs.pretrain import build_model
     from solo_iclmsr.config import compose
     from solo_iclmsr.plugin import prepare_pretrain
 

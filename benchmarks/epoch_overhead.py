@@ -40,7 +40,7 @@ import lightning.pytorch as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solo_iclmsr.cli.pretrain import pretrain  # noqa: E402
+from solo_iclmsr.runs.pretrain import pretrain  # noqa: E402
 from solo_iclmsr.config import compose  # noqa: E402
 
 CONFIGS = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from solo_iclmsr.cli.pretrain import _callbacks, build_model
+from solo_iclmsr.runs.pretrain import _callbacks, build_model
 from solo_iclmsr.config import BuiltinDataConfig, DiagnosticsConfig, compose
 from solo_iclmsr.plugin import prepare_pretrain
 from solo_iclmsr.core import ICLMSROptions

@@ -211,7 +211,7 @@ def test_the_2x2_table_on_a_coco_set_with_real_masks(evidence):
     pytest.importorskip("pycocotools")
     from PIL import Image
 
-    from solo_iclmsr.cli.checkpoints import load_pretrained
+    from solo_iclmsr.runs.checkpoints import load_pretrained
     from solo_iclmsr.compare.grid import read_json
     from solo_iclmsr.data.loaders import evaluation_sets
     from solo_iclmsr.data.masks import CocoMaskDataset, held_out_split

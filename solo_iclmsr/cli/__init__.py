@@ -22,8 +22,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
 
-#: Exceptions that are the user's input, not a bug: one line, exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, OSError)
+from solo_iclmsr.errors import USER_ERRORS, one_line
 
 
 def _hydra(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +31,7 @@ def _hydra(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from solo_iclmsr.cli.pretrain import pretrain
+    from solo_iclmsr.runs.pretrain import pretrain
     from solo_iclmsr.config import compose
 
     result = pretrain(compose(args.config_path, args.config_name, args.overrides))
@@ -43,7 +42,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_linear(args: argparse.Namespace) -> int:
-    from solo_iclmsr.cli.linear import linear
+    from solo_iclmsr.runs.linear import linear
     from solo_iclmsr.config import compose
 
     linear(compose(args.config_path, args.config_name, args.overrides))
@@ -51,7 +50,7 @@ def _cmd_linear(args: argparse.Namespace) -> int:
 
 
 def _cmd_knn(args: argparse.Namespace) -> int:
-    from solo_iclmsr.cli.knn import knn_main
+    from solo_iclmsr.runs.knn import knn_main
 
     return knn_main(args.overrides)
 
@@ -143,8 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.fn(args)
     except (*USER_ERRORS, NonFiniteLossError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
 
 

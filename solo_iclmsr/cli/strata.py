@@ -78,7 +78,7 @@ def render_strata(checkpoint: str, out: str, images: int = 6, overrides: Sequenc
     import matplotlib.pyplot as plt
     from omegaconf import OmegaConf
 
-    from solo_iclmsr.cli.checkpoints import load_pretrained
+    from solo_iclmsr.runs.checkpoints import load_pretrained
     from solo_iclmsr.config import validate_project_keys
     from solo_iclmsr.data.augment import build_multiview_augmentation
     from solo_iclmsr.data.loaders import pretrain_dataset

@@ -33,8 +33,8 @@ def _device() -> torch.device:
 def evaluate_run(checkpoint: Path, folder: Path, evaluation: Dict[str, Any]) -> Dict[str, Any]:
     """{"knn": {test: {"knn<k>": {"top1", "top5"}}}, "linear": {test: {"top1", "top5"}},
     "seconds": ...} for the pretraining ``checkpoint``; ``folder`` receives the linear runs."""
-    from solo_iclmsr.cli.checkpoints import load_pretrained
-    from solo_iclmsr.cli.knn import knn_grid
+    from solo_iclmsr.runs.checkpoints import load_pretrained
+    from solo_iclmsr.runs.knn import knn_grid
     from solo_iclmsr.data.loaders import evaluation_sets
 
     start = time.perf_counter()
@@ -61,7 +61,7 @@ def _topk(result: Any) -> Dict[str, float]:
 
 def _linear(pretrain_cfg: DictConfig, checkpoint: Path, folder: Path,
             evaluation: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
-    from solo_iclmsr.cli.linear import linear
+    from solo_iclmsr.runs.linear import linear
     from solo_iclmsr.config import compose
     from solo_iclmsr.data.loaders import evaluation_sets
     from solo_iclmsr.evaluation import classifier_accuracy

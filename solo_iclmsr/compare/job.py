@@ -30,6 +30,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from solo_iclmsr.compare.grid import RunSpec, missing_evaluations, read_json, write_json
+from solo_iclmsr.errors import USER_ERRORS, one_line
 from solo_iclmsr.plugin.callbacks import TrainClock
 
 __all__ = ["run_job", "newest_checkpoint", "die_with_parent", "grid_progress"]
@@ -61,7 +62,7 @@ def die_with_parent() -> None:
 def newest_checkpoint(folder: Path) -> Optional[Path]:
     """The newest checkpoint under a run's folder that can be read (a file cut short by a kill
     is passed over, and left where it is)."""
-    from solo_iclmsr.cli.checkpoints import read_checkpoint
+    from solo_iclmsr.runs.checkpoints import read_checkpoint
 
     for path in sorted(folder.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
         if path.parent.name == "linear" or "linear" in path.relative_to(folder).parts:
@@ -79,7 +80,7 @@ def _train(spec: RunSpec, folder: Path) -> Dict[str, Any]:
     Lightning's DDP launcher, which starts the other ranks by running the command again, runs
     that command and not this job); returns what ``run.json`` records, read from the final
     checkpoint (its ``TrainClock`` holds the training time, resumed parts added up)."""
-    from solo_iclmsr.cli.checkpoints import read_checkpoint
+    from solo_iclmsr.runs.checkpoints import read_checkpoint
     from solo_iclmsr.config import compose
 
     resume = newest_checkpoint(folder)
@@ -132,7 +133,6 @@ def _run_command(command: List[str], what: str) -> None:
 def run_job(folder: Path, threads: int = 0) -> str:
     """Train and evaluate the run in ``folder`` as far as it is not done; returns ``done`` or
     ``failed`` (then ``error.txt`` holds the one line)."""
-    from solo_iclmsr.cli import USER_ERRORS
     from solo_iclmsr.compare.evaluate import evaluate_run
     from solo_iclmsr.plugin.callbacks import NonFiniteLossError
 
@@ -159,7 +159,7 @@ def run_job(folder: Path, threads: int = 0) -> str:
                         seconds=done.get("seconds", 0.0) + new["seconds"])
             write_json(folder / "eval.json", done)
     except (*USER_ERRORS, NonFiniteLossError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
+        message = one_line(error)
         (folder / "error.txt").write_text(message + "\n")
         print(f"[compare] {grid_progress(root)} FAILED {spec.key}: {message}", flush=True)
         return "failed"

@@ -24,6 +24,7 @@ UNI_OVER = ("image", "batch")
 MSR_INPUTS = ("image", "features", "both")
 WEIGHT_HEADS = ("softplus", "softmax")
 STRATA = ("learned", "frozen", "random_fixed", "uniform")
+META_PRECISIONS = ("float32", "autocast")
 
 
 @dataclass
@@ -69,6 +70,10 @@ class ICLMSROptions:
             count of images > 1: the meta objective and its Jacobian-vector product run on
             random sub-batches of that size (the virtual step keeps the whole batch's stage-1
             gradient); unbiased for losses that are means over images.
+        meta_precision: the arithmetic of the meta step: ``float32`` (outside autocast, what the
+            training step recorded cast up) or ``autocast`` (its forward passes and the
+            directional derivative under the run's autocast dtype, float16 or bfloat16; a
+            meta-gradient that is not finite is not applied). Without autocast both are float32.
         schedule: ``interleaved`` (stage 1 then stage 2 on every batch) or ``two_stage``
             (the paper's literal two passes per epoch).
         msr_input: what f_msr reads: ``image`` (the raw image, paper), ``features`` (the
@@ -102,6 +107,7 @@ class ICLMSROptions:
     meta_params: str = "all"
     meta_stages: Optional[int] = None
     meta_batch: Optional[float] = None
+    meta_precision: str = "float32"
     schedule: str = "interleaved"
     msr_input: str = "image"
     weight_head: str = "softplus"
@@ -168,6 +174,7 @@ class ICLMSROptions:
                 and self.exact_impl == "double_backward"):
             fail("meta_batch", self.meta_batch, "null with exact_impl=double_backward (the "
                  "reference runs on the whole batch)")
+        choice("meta_precision", META_PRECISIONS)
         choice("schedule", SCHEDULES)
         choice("msr_input", MSR_INPUTS)
         choice("weight_head", WEIGHT_HEADS)

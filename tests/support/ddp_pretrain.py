@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 import solo_iclmsr.data.loaders as loaders
-from solo_iclmsr.cli.pretrain import pretrain
+from solo_iclmsr.runs.pretrain import pretrain
 from solo_iclmsr.config import compose
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from solo_source import solo_source
 from torch.utils.data import DataLoader, Dataset
 
-from solo_iclmsr.cli.pretrain import build_model
+from solo_iclmsr.runs.pretrain import build_model
 from solo_iclmsr.config import compose
 from solo_iclmsr.plugin import prepare_pretrain
 from solo_iclmsr.plugin import adapters

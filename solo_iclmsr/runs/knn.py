@@ -95,7 +95,7 @@ def knn_grid(model: torch.nn.Module, train_set, tests: Dict[str, object], batch_
 
 def knn(args: argparse.Namespace) -> Dict[str, Dict[str, TopK]]:
     """{feature type / test set: {"k=..,distance,T=..": TopK}} over the grid."""
-    from solo_iclmsr.cli.checkpoints import load_pretrained
+    from solo_iclmsr.runs.checkpoints import load_pretrained
 
     folder = Path(args.pretrained_checkpoint_dir)
     model, cfg = load_pretrained(_checkpoint(folder), "--pretrained_checkpoint_dir")

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from solo_iclmsr.cli.checkpoints import check_matches, read_checkpoint
+from solo_iclmsr.runs.checkpoints import check_matches, read_checkpoint
 from solo_iclmsr.config import check_schedule, solo_checked
 from solo_iclmsr.plugin import prepare_pretrain
 

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from solo_iclmsr.cli.checkpoints import check_matches, read_checkpoint
+from solo_iclmsr.runs.checkpoints import check_matches, read_checkpoint
 from solo_iclmsr.config import check_backbone, check_schedule, solo_checked
 
 __all__ = ["linear", "build_backbone", "LinearResult"]
