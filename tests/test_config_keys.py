@@ -202,6 +202,15 @@ def effect_meta_batch():
                    step(model_of("iclmsr.meta_batch=null"))[3])
 
 
+def effect_meta_precision(monkeypatch):
+    from solo_iclmsr.plugin import amp
+
+    monkeypatch.setattr(amp, "autocast_dtype", lambda trainer: torch.bfloat16)  # a bf16-mixed run
+    full = step(model_of("iclmsr.meta_precision=float32"))[3]
+    half = step(model_of("iclmsr.meta_precision=autocast"))[3]
+    assert differs(full, half) and all(torch.isfinite(g).all() for g in half.values())
+
+
 def effect_schedule():
     model = model_of("iclmsr.schedule=two_stage")
     model.training_step(batch_of(model), 0)

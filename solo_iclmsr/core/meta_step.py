@@ -69,6 +69,11 @@ Departures and decisions:
 * Parameters of f or of the head that do not require grad are constants of the virtual step;
   modules the head-side callable uses outside ``head`` (momentum branches) are constants too.
 
+* ``meta_precision`` [decision, ICLMSR.md section 9]: ``float32`` runs the meta step outside
+  autocast, ``autocast`` runs the passes of the L_ct(theta') part under the training step's
+  autocast dtype, with a loss scale and a rescaled tangent in float16 (``meta_precision.py``);
+  f_msr, L_uni and finite differences stay in float32.
+
 Distributed training [decision, ICLMSR.md section 4]: the meta objective is the global one when
 the caller gives ``average_grads`` (the gradients of theta this function takes itself are
 averaged over the processes, as DDP averages the model's) and a ``head_loss`` that gathers with a
@@ -91,6 +96,7 @@ from torch.func import functional_call, jvp
 from torch.overrides import TorchFunctionMode
 
 from .losses import HeadLoss, uniformity_loss
+from .meta_precision import MetaPrecision
 from .options import ICLMSROptions
 from .virtual_step import VirtualStep, sgd_step
 
@@ -239,7 +245,9 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
               generator: Optional[torch.Generator] = None,
               diagnose: bool = False,
               average_grads: Optional[Callable[[Sequence[Tensor]], List[Tensor]]] = None,
-              gather: Optional[Callable[[Tensor], Tensor]] = None) -> MetaStepResult:
+              gather: Optional[Callable[[Tensor], Tensor]] = None,
+              autocast_dtype: Optional[torch.dtype] = None,
+              loss_scale: Optional[float] = None) -> MetaStepResult:
     """One meta step: add dM/dphi of M = L_ct(theta') + gamma * L_uni(A) to f_msr's ``.grad``.
 
     Args:
@@ -288,6 +296,12 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
             reaches every process's term), and f_msr's gradients are averaged by the caller.
         gather: concatenates every process's rows (L_uni over the batch: ``uni_over: batch``);
             ``None`` for one process.
+        autocast_dtype: the dtype the training step autocasts to (``None``: float32). With
+            ``options.meta_precision == "autocast"`` the passes of the L_ct(theta') part run
+            under it (``meta_precision.py``); otherwise, and always for f_msr and L_uni, the meta
+            step runs in float32 outside autocast.
+        loss_scale: the run's GradScaler scale (float16): the meta step's own losses are scaled
+            by it before each backward pass and their gradients unscaled.
 
     Returns:
         ``MetaStepResult``.
@@ -312,9 +326,11 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
         raise ValueError("meta_step: weights must carry the graph of regularizer(raw); do not pass "
                          "a detached A_s.")
 
-    fn = _Functional(encoder, head, head_loss, subset_loss, average_grads)
+    precision = MetaPrecision.of(options.meta_precision, weights.device.type, autocast_dtype,
+                                 loss_scale)
+    fn = _Functional(encoder, head, head_loss, subset_loss, average_grads, precision)
     first_part = None
-    with frozen_batch_norm(encoder, head), torch.enable_grad():
+    with frozen_batch_norm(encoder, head), torch.enable_grad(), precision.autocast():
         if options.meta_grad == "none":  # an ablation: no L_ct(theta') term
             ct_virtual, ct_part = weights.new_full((), float("nan")), (None,) * len(reg_params)
         elif options.meta_grad == "second_order" and options.exact_impl == "double_backward":
@@ -330,6 +346,8 @@ def meta_step(encoder: nn.Module, head: nn.Module, regularizer: nn.Module, views
             if grads.first_order is not None:
                 first_part = torch.autograd.grad((weights * grads.first_order).sum(), reg_params,
                                                  retain_graph=True, allow_unused=True)
+        ct_virtual = ct_virtual.float()
+    with torch.enable_grad(), precision.full():
         uni_weights = weights if gather is None or options.uni_over != "batch" else gather(weights)
         uni_graph = uniformity_loss(uni_weights, options.uni_t, options.uni_over)
         if options.gamma_uni > 0 and uni_graph.requires_grad:
@@ -431,7 +449,7 @@ def _weight_grad(fn: "_Functional", views: List[Tensor], options: ICLMSROptions,
     else:
         features = fixed_features or [fn.encode({}, x) for x in views]
         l_ct, l_msr = fn.head({}, features, weights)
-        g = fn.average(_grad_dict(l_ct + options.lambda_msr * l_msr, theta))
+        g = fn.average(fn.grads(l_ct + options.lambda_msr * l_msr, theta))
 
     # theta' = U(theta, g) (equation (1)), with g a leaf so that w = (dU/dg)^T v is one VJP.
     base = {k: p.detach() for k, p in theta.items()}
@@ -484,7 +502,7 @@ def _plain(fn: "_Functional", views: List[Tensor], theta: ParamDict,
         return plain_grads.loss.detach(), _lookup(plain_grads.grads, theta, "plain_grads")
     features = fixed_features or [fn.encode({}, x) for x in views]
     l_plain, _ = fn.head({}, features, None)
-    return l_plain.detach(), fn.average(_grad_dict(l_plain, theta))
+    return l_plain.detach(), fn.average(fn.grads(l_plain, theta))
 
 
 def _virtual_gradient(fn: "_Functional", views: List[Tensor], virtual: ParamDict,
@@ -498,7 +516,7 @@ def _virtual_gradient(fn: "_Functional", views: List[Tensor], virtual: ParamDict
         enc_virtual = _unprefixed("encoder.", virtual_leaf)
         features = [sub_fn.encode(enc_virtual, x) for x in _rows(views, index)]
     ct_virtual, _ = sub_fn.head(_unprefixed("head.", virtual_leaf), features, None)
-    v = fn.average(_grad_dict(ct_virtual, virtual_leaf))
+    v = fn.average(fn.grads(ct_virtual, virtual_leaf))
     return ct_virtual.detach(), v
 
 
@@ -540,10 +558,17 @@ def _directional_weight_grad(fn: "_Functional", views: List[Tensor], options: IC
             def encode_all(params: ParamDict) -> Tuple[Tensor, ...]:
                 return tuple(fn.encode(params, x) for x in views)
 
+            # half precision: a tangent of unit root mean square, scaled back after the pass
+            scale = fn.precision.tangent_scale(tangents)
+            if scale is not None:
+                tangents = {k: t * scale for k, t in tangents.items()}
             with _LeanBatchNormJvp():
                 features, d_features = jvp(encode_all, (primals,), (tangents,))
+            if scale is not None:
+                d_features = [d.float() / scale for d in d_features]
         else:
-            features, d_features = _fd_jvp(fn, views, primals, tangents, options.fd_epsilon)
+            with fn.precision.full():
+                features, d_features = _fd_jvp(fn, views, primals, tangents, options.fd_epsilon)
         features = [z.detach().requires_grad_() for z in features]
         d_features = list(d_features)
     else:
@@ -556,13 +581,13 @@ def _directional_weight_grad(fn: "_Functional", views: List[Tensor], options: IC
     directions = [w["head." + k] for k in leaf_head] + d_features
     if not inputs or not l_msr.requires_grad:
         return torch.zeros_like(weights)
-    grads = torch.autograd.grad(options.lambda_msr * l_msr, inputs, create_graph=True,
-                                allow_unused=True)
+    grads = torch.autograd.grad(fn.precision.scaled(options.lambda_msr * l_msr), inputs,
+                                create_graph=True, allow_unused=True)
     inner = sum((gr * d).sum() for gr, d in zip(grads, directions) if gr is not None)
     if not isinstance(inner, Tensor) or not inner.requires_grad:
         return torch.zeros_like(weights)
     (d_weights,) = torch.autograd.grad(inner, weights, allow_unused=True)
-    return torch.zeros_like(weights) if d_weights is None else d_weights
+    return torch.zeros_like(weights) if d_weights is None else fn.precision.unscaled(d_weights)
 
 
 @torch.no_grad()
@@ -676,17 +701,19 @@ def _double_backward(fn: "_Functional", views: List[Tensor], options: ICLMSROpti
     l_ct, l_msr = fn.head({}, features, weights)
     l_to = l_ct + options.lambda_msr * l_msr
     names = list(theta)
-    grads = torch.autograd.grad(l_to, [theta[k] for k in names], create_graph=True,
-                                allow_unused=True)
-    g = fn.average({k: torch.zeros_like(theta[k]) if gr is None else gr
+    grads = torch.autograd.grad(fn.precision.scaled(l_to), [theta[k] for k in names],
+                                create_graph=True, allow_unused=True)
+    g = fn.average({k: torch.zeros_like(theta[k]) if gr is None else fn.precision.unscaled(gr)
                     for k, gr in zip(names, grads)})
     virtual = virtual_step(theta, g)
     if enc_params:
         enc_virtual = _unprefixed("encoder.", virtual)
         features = [fn.encode(enc_virtual, x) for x in views]
     ct_virtual, _ = fn.head(_unprefixed("head.", virtual), features, None)
-    ct_part = torch.autograd.grad(ct_virtual, reg_params, retain_graph=True, allow_unused=True)
-    return ct_virtual.detach(), ct_part
+    ct_part = torch.autograd.grad(fn.precision.scaled(ct_virtual), reg_params,
+                                  retain_graph=True, allow_unused=True)
+    return ct_virtual.detach(), tuple(None if g is None else fn.precision.unscaled(g)
+                                      for g in ct_part)
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,10 +759,11 @@ class _Functional:
 
     def __init__(self, encoder: nn.Module, head: nn.Module, head_loss: HeadLoss,
                  subset_loss: Optional[Callable[[Tensor], HeadLoss]] = None,
-                 average_grads: Optional[Callable[[Sequence[Tensor]], List[Tensor]]] = None
-                 ) -> None:
+                 average_grads: Optional[Callable[[Sequence[Tensor]], List[Tensor]]] = None,
+                 precision: Optional[MetaPrecision] = None) -> None:
         self.encoder, self.head_loss, self.subset_loss = encoder, head_loss, subset_loss
         self.average_grads = average_grads
+        self.precision = precision or MetaPrecision("cpu")
         self.wrapper = _HeadCall(head)
         self.enc_buffers = _buffer_copies(encoder)
         self.head_buffers = _prefixed("head.", _buffer_copies(head))
@@ -754,6 +782,11 @@ class _Functional:
         if self.average_grads is None:
             return grads
         return dict(zip(grads, self.average_grads(list(grads.values()))))
+
+    def grads(self, loss: Tensor, params: ParamDict) -> ParamDict:
+        """grad of ``loss`` w.r.t. ``params`` (zeros where unused), through the loss scale."""
+        grads = _grad_dict(self.precision.scaled(loss), params)
+        return {k: self.precision.unscaled(g) for k, g in grads.items()}
 
     def encode(self, params: ParamDict, x: Tensor) -> Tensor:
         """f(x) with ``params`` substituted (the module's own parameters for the rest)."""

@@ -27,6 +27,13 @@ its meta-gradients are averaged over the ranks before its optimizer steps, which
 gradient of the global meta objective. The meta step calls the bare backbone and heads, never the
 DDP wrapper, and asks autograd for gradients with ``torch.autograd.grad``, so DDP's reducer is
 not involved.
+
+Mixed precision (ICLMSR.md section 9, ``amp.py``): the meta step follows the GradScaler. On an
+optimizer step the scaler will skip (its found-inf record; without a scaler, gradients that are
+not finite) there is no meta step and no f_msr update, and a meta-gradient of f_msr that is not
+finite (after its average over the ranks) is not applied. Both are counted
+(``train_meta_skipped``, ``train_meta_refused``, per epoch, and in the checkpoint), and a run in
+which most meta steps were lost says so in one line at its end.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ from solo_iclmsr.config.schema import with_iclmsr_defaults
 from solo_iclmsr.core import (ICLMSROptions, PlainGrads, build_strata, collect_grads,
                               frozen_batch_norm, gradient_cosine, meta_step, msr_loss,
                               optimizer_step, resolve_alpha, strata_diagnostics, uniformity_loss)
-from solo_iclmsr.plugin import adapters, collectives, replay
+from solo_iclmsr.core.meta_precision import MetaLossScale
+from solo_iclmsr.plugin import adapters, amp, collectives, replay
 from solo_iclmsr.plugin.backbones import (SMALL_IMAGE_DATASETS, feature_map, solo_cifar_stem,
                                           timm_backbone_for)
 from solo_iclmsr.plugin.second_order import disable_fused_attention, twice_differentiable
@@ -135,6 +143,9 @@ class ICLMSRMixin:
                 self.__dict__["_iclmsr_tail"] = EncoderTail(self.backbone, options.meta_stages)
         self.diagnostics_every = int(OmegaConf.select(self.cfg, "diagnostics.every_n_steps",
                                                       default=0) or 0)
+        #: meta steps taken, skipped with the optimizer step, and refused (non-finite dM/dphi)
+        self.iclmsr_meta_counts: Dict[str, int] = {"taken": 0, "skipped": 0, "refused": 0}
+        self._iclmsr_meta_scale = MetaLossScale()
 
     def _iclmsr_seed(self) -> int:
         """The run's seed (solo's ``seed`` key): draws of ``random_fixed`` and ``meta_batch``."""
@@ -273,14 +284,47 @@ class ICLMSRMixin:
         pending, self._iclmsr_pending = self._iclmsr_pending, None
         if pending is None:
             return
+        inner = getattr(optimizer, "optimizer", optimizer)
+        gradients = amp.step_gradients(self.trainer, inner, [
+            p for group in inner.param_groups for p in group["params"]])
+        if gradients.skipped:  # the scaler skips this step: theta does not move, nor does f_msr
+            self._iclmsr_count("skipped")
+            return
         reuse = getattr(self.trainer, "accumulate_grad_batches", 1) == 1
         self.iclmsr_meta_step(pending["record"], pending["raw"], optimizer, reuse,
-                              pending["plain"] if reuse else None, pending["diagnose"])
+                              pending["plain"] if reuse else None, pending["diagnose"],
+                              grad_scale=gradients.scale)
+
+    def _iclmsr_count(self, outcome: str) -> None:
+        """Count a meta step's outcome (``taken``, ``skipped``, ``refused``) and log the epoch's
+        skipped and refused ones. Every rank counts the same (the decisions are agreed), so the
+        counts are logged without a reduction over the ranks, which would sum them."""
+        self.iclmsr_meta_counts[outcome] += 1
+        for name in ("skipped", "refused"):
+            self.log(f"train_meta_{name}", float(outcome == name), on_step=False, on_epoch=True,
+                     reduce_fx="sum", sync_dist=False)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        counts = self.iclmsr_meta_counts
+        lost = counts["skipped"] + counts["refused"]
+        total = lost + counts["taken"]
+        if total and lost > total / 2:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"ICL-MSR: {lost} of {total} meta steps were lost ({counts['skipped']} skipped with "
+                f"the optimizer step on overflowing gradients, {counts['refused']} with a "
+                f"non-finite meta-gradient): f_msr was barely trained; lower the GradScaler's "
+                f"scale, use precision bf16-mixed or 32, or iclmsr.meta_precision=float32.")
 
     def iclmsr_meta_step(self, record: replay.StepRecord, raw: Tensor, optimizer: Any,
                          reuse_grads: bool = False, plain: Optional[PlainGrads] = None,
-                         diagnose: bool = False) -> Dict[str, float]:
-        """Stage 2 on one batch: update f_msr by the meta-gradient; return what it measured."""
+                         diagnose: bool = False, grad_scale: float = 1.0) -> Dict[str, float]:
+        """Stage 2 on one batch: update f_msr by the meta-gradient; return what it measured
+        (nothing when the meta-gradient was not finite and f_msr was left as it was).
+        ``grad_scale``: the loss scale ``.grad`` still carries (reused gradients are divided by
+        it)."""
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's inner one
         tail = self._iclmsr_tail
         encoder = self.backbone if tail is None else tail
@@ -289,7 +333,9 @@ class ICLMSRMixin:
         alpha = resolve_alpha(self.iclmsr, lr)
         if alpha <= 0:  # e.g. warm-up from lr 0: theta' = theta, L_ct(theta') does not depend on A
             return {}
-        stage1 = collect_grads(encoder, head, copy=False) if reuse_grads else None
+        stage1 = collect_grads(encoder, head, copy=grad_scale != 1.0) if reuse_grads else None
+        if stage1 is not None and grad_scale != 1.0:
+            stage1 = {k: None if g is None else g.div_(grad_scale) for k, g in stage1.items()}
         if plain is not None and tail is not None:  # keyed by the tail's names
             plain = PlainGrads(plain.loss, {"encoder.backbone." + k[len("encoder."):]
                                             if k.startswith("encoder.") else k: g
@@ -297,8 +343,12 @@ class ICLMSRMixin:
         virtual_step = None
         if self.iclmsr.virtual_step == "optimizer":
             virtual_step = optimizer_step(optimizer, params, lr=self.iclmsr.alpha)
-        # The meta step runs in float32, outside autocast (forward-mode AD and autocast do not
-        # mix); what the mixed-precision training step recorded is cast up.
+        # The meta step runs in float32, outside autocast, and what the mixed-precision training
+        # step recorded is cast up; with meta_precision: autocast, core.meta_step autocasts the
+        # passes of the L_ct(theta') part again (float16: with its own dynamic loss scale).
+        dtype = amp.autocast_dtype(self._trainer)
+        loss_scale = (self._iclmsr_meta_scale.scale if dtype == torch.float16
+                      and self.iclmsr.meta_precision == "autocast" else None)
         record = dataclasses.replace(record, momentum_feats=_float32(record.momentum_feats),
                                      constants=_float32(record.constants))
         views = record.views
@@ -326,7 +376,8 @@ class ICLMSRMixin:
                           average_grads=collectives.average if parallel else None,
                           gather=collectives.gather if parallel else None,
                           encoder_params=None if tail is None else tail.parameter_names(),
-                          subset_loss=lambda index: head_loss_of(record.subset(index)))
+                          subset_loss=lambda index: head_loss_of(record.subset(index)),
+                          autocast_dtype=dtype, loss_scale=loss_scale)
             try:
                 result = meta_step(encoder, head, self.msr, views, raw, head_loss_of(record),
                                    self.iclmsr, alpha, **kwargs)
@@ -341,10 +392,19 @@ class ICLMSRMixin:
                 self.iclmsr = dataclasses.replace(self.iclmsr, exact_impl="double_backward")
                 result = meta_step(encoder, head, self.msr, views, raw, head_loss_of(record),
                                    self.iclmsr, alpha, **kwargs)
-        # outside the replay: the gradients are averaged over the real process group
+        # outside the replay: the gradients are averaged over the real process group, so the
+        # finiteness below is the same on every rank
         self._average_msr_grads()
+        finite = amp.all_finite(p.grad for p in self.msr.parameters())
+        if loss_scale is not None:
+            self._iclmsr_meta_scale.update(finite)
+        if not finite:
+            self.msr_optimizer.zero_grad(set_to_none=True)
+            self._iclmsr_count("refused")
+            return {}
         self.msr_optimizer.step()
         self.msr_optimizer.zero_grad(set_to_none=True)
+        self._iclmsr_count("taken")
         metrics = {"train_meta_loss": result.meta_loss, "train_meta_grad_norm": result.grad_norm,
                    "train_meta_grad_norm_ct": result.ct_grad_norm,
                    "train_meta_grad_norm_uni": result.uni_grad_norm}
@@ -395,11 +455,16 @@ class ICLMSRMixin:
         super().on_save_checkpoint(checkpoint)
         if self.iclmsr.enabled and self.msr_optimizer is not None:
             checkpoint["iclmsr_optimizer"] = self.msr_optimizer.state_dict()
+            checkpoint["iclmsr_meta_counts"] = dict(self.iclmsr_meta_counts)
+            checkpoint["iclmsr_meta_loss_scale"] = self._iclmsr_meta_scale.state_dict()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.iclmsr.enabled and self.msr_optimizer is not None and "iclmsr_optimizer" in checkpoint:
             self.msr_optimizer.load_state_dict(checkpoint["iclmsr_optimizer"])
+            self.iclmsr_meta_counts.update(checkpoint.get("iclmsr_meta_counts", {}))
+            if "iclmsr_meta_loss_scale" in checkpoint:
+                self._iclmsr_meta_scale.load_state_dict(checkpoint["iclmsr_meta_loss_scale"])
 
 
 def _backbone_lr(optimizer: torch.optim.Optimizer) -> float:

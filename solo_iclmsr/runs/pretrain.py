@@ -4,13 +4,16 @@ augmentation.
 The steps are main_pretrain's, on the same config: solo's ``parse_cfg``, ``seed_everything``,
 the model from ``METHODS`` (here its ``<method>_iclmsr`` variant, which is the untouched method
 when ``iclmsr.enabled`` is false), ``make_contiguous`` and channels-last, the training loader of
-solo's datasets and the validation loader, resuming from ``resume_from_checkpoint`` or solo's
-``AutoResumer``, solo's ``Checkpointer`` (``checkpoint.dir/<method>/<version>/``, with
-``args.json``), wandb when enabled, and a ``Trainer`` built from the config's top-level keys that
-it accepts. What the project adds: the views made on the device (``data.augment_on_device``),
-a CSV log of the metrics beside the checkpoints, the training time kept in every checkpoint
-(``TrainClock``: a resumed run adds to it), the non-finite loss guard, the strata probe, and
-one-line errors for bad input before anything is trained.
+solo's datasets and the validation loader, resuming from ``resume_from_checkpoint`` or, with
+``auto_resume.enabled``, a checkpoint of the same training config (``runs.resume``: solo's
+``AutoResumer`` compares a few keys only), solo's ``Checkpointer``
+(``checkpoint.dir/<method>/<version>/``, with ``args.json``), wandb when enabled, and a
+``Trainer`` built from the config's top-level keys that it accepts. What the project adds: the
+views made on the device (``data.augment_on_device``), a CSV log of the metrics beside the
+checkpoints, the training time kept in every checkpoint (``TrainClock``: a resumed run adds to
+it), the non-finite loss guard, the strata probe, and one-line errors for bad input before
+anything is trained; a resumed checkpoint that has already reached ``max_epochs`` is reported as
+such, and nothing is trained.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -28,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from solo_iclmsr.runs.checkpoints import check_matches, read_checkpoint
 from solo_iclmsr.config import check_schedule, solo_checked
 from solo_iclmsr.plugin import prepare_pretrain
+from solo_iclmsr.plugin.amp import trainer_precision
 
 __all__ = ["RunResult", "build_model", "pretrain"]
 
@@ -40,11 +44,14 @@ class RunResult:
         folder: ``checkpoint.dir/<method>/<version>`` (checkpoints, ``args.json``, ``metrics.csv``).
         last_checkpoint: the last checkpoint written, or ``None``.
         global_step: optimizer steps taken, counting a resumed run's earlier ones.
+        already_complete: the checkpoint it resumed had reached ``max_epochs``: nothing was
+            trained, and ``folder`` and ``last_checkpoint`` are that checkpoint's.
     """
 
     folder: Path
     last_checkpoint: Optional[Path]
     global_step: int
+    already_complete: bool = False
 
 
 def build_model(cfg: DictConfig) -> pl.LightningModule:
@@ -65,23 +72,29 @@ def build_model(cfg: DictConfig) -> pl.LightningModule:
     return model
 
 
-def _resume_path(cfg: DictConfig, model: pl.LightningModule) -> Optional[str]:
-    """``resume_from_checkpoint``, else what solo's ``AutoResumer`` finds; read and checked
-    against the model first (one line if it cannot be used; the file is left as it is)."""
-    from solo.utils.auto_resumer import AutoResumer
+def _resume_path(cfg: DictConfig,
+                 model: pl.LightningModule) -> Tuple[Optional[str], Optional[RunResult]]:
+    """``resume_from_checkpoint``, else the checkpoint of the same training config that
+    ``find_resumable`` finds (its one line printed); read and checked against the model first
+    (one line if it cannot be used; the file is left as it is). The second item is the run's
+    result when that checkpoint has already reached ``max_epochs``: nothing is left to train."""
+    from solo_iclmsr.runs.resume import find_resumable, reached_max_epochs
 
     key, path = "resume_from_checkpoint", cfg.resume_from_checkpoint
     if path is None and cfg.auto_resume.enabled:
-        resumer = AutoResumer(checkpoint_dir=os.path.join(cfg.checkpoint.dir, cfg.method),
-                              max_hours=cfg.auto_resume.max_hours)
-        path, _ = resumer.find_checkpoint(cfg)
-        key = "auto_resume (the checkpoint it found)"
-        if path is not None:
-            print(f"Resuming from previous checkpoint that matches specifications: '{path}'")
+        choice = find_resumable(cfg, os.path.join(cfg.checkpoint.dir, cfg.method),
+                                cfg.auto_resume.max_hours)
+        key, path = "auto_resume (the checkpoint it found)", choice.checkpoint
+        if choice.reason is not None:
+            print(choice.reason)
     if path is None:
-        return None
-    check_matches(read_checkpoint(path, key), model, key, path)
-    return str(path)
+        return None, None
+    state = read_checkpoint(path, key)
+    check_matches(state, model, key, path)
+    if reached_max_epochs(state, cfg):
+        return str(path), RunResult(Path(str(path)).parent, Path(str(path)),
+                                    int(state.get("global_step", 0)), already_complete=True)
+    return str(path), None
 
 
 def _callbacks(cfg: DictConfig, model: pl.LightningModule, train_set: Any) -> List[pl.Callback]:
@@ -152,11 +165,15 @@ def pretrain(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> RunResul
     train_set = pretrain_dataset(cfg)
     train_loader = pretrain_loader(cfg, train_set)
     val_loader = validation_loader(cfg)
-    ckpt_path = _resume_path(cfg, model)
+    ckpt_path, complete = _resume_path(cfg, model)
+    if complete is not None:
+        return complete
     callbacks = _callbacks(cfg, model, train_set) + list(callbacks)
     kwargs = OmegaConf.to_container(cfg)
     valid = inspect.signature(pl.Trainer.__init__).parameters
     kwargs = {name: kwargs[name] for name in valid if name in kwargs}
+    # 16-mixed on a CPU: float16 with a real GradScaler, not Lightning's silent bf16-mixed
+    kwargs.update(trainer_precision(kwargs.pop("precision", None), kwargs.get("accelerator")))
     kwargs.update(logger=_loggers(cfg, model), callbacks=callbacks, enable_checkpointing=False,
                   strategy=DDPStrategy(find_unused_parameters=False) if cfg.strategy == "ddp"
                   else (cfg.strategy or "auto"))

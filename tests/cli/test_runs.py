@@ -1,7 +1,8 @@
 """Whole runs of the command on the built-in dataset: pretrain, then solo's evaluations (k-NN,
-linear), the stratum maps, the demo (a small compare); and a killed run that resumes where solo's checkpointer
-left it."""
+linear), the stratum maps, the demo (a small compare); auto-resume, which resumes only a run of
+the same training config, and a killed run that resumes where solo's checkpointer left it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +91,40 @@ def test_the_demo_is_a_compare_that_prints_its_table(tmp_path, capsys):
     assert "| iclmsr |" in capsys.readouterr().out
 
 
+def test_auto_resume_trains_a_new_model_for_a_changed_setting(capsys):
+    """The built-in configs auto-resume; another lambda_msr or strata is a new run that names
+    the keys that made it one, and the same command again resumes a run already complete."""
+    def run(*overrides):
+        code = cli.main(["pretrain", *BUILTIN, *TINY, "max_epochs=1", *overrides])
+        out, err = capsys.readouterr()
+        assert code == 0, err[-3000:]
+        return out
+
+    def lambdas():
+        """lambda_msr of each checkpoint, from the args.json beside it."""
+        return {c: json.loads((c.parent / "args.json").read_text())["iclmsr"]["lambda_msr"]
+                for c in Path("trained_models").glob("simclr/*/*.ckpt")}
+
+    run("++iclmsr.lambda_msr=1.0")
+    out = run("++iclmsr.lambda_msr=0.25")
+    assert "Resuming" not in out
+    (line,) = [line for line in out.splitlines() if line.startswith("Not resuming")]
+    assert line.endswith("differs in iclmsr.lambda_msr (1.0 -> 0.25); starting a new version "
+                         "folder.")
+    assert sorted(lambdas().values()) == [0.25, 1.0]
+
+    (second,) = [c for c, value in lambdas().items() if value == 0.25]
+    out = run("++iclmsr.lambda_msr=0.25")
+    assert f"Resuming from previous checkpoint that matches specifications: '{second}'" in out
+    assert f"run folder: {second.parent} (already complete:" in out
+    assert "nothing was trained" in out and sorted(lambdas().values()) == [0.25, 1.0]
+
+    run("++iclmsr.strata=frozen")
+    out = run("++iclmsr.strata=random_fixed")
+    assert "differs in iclmsr.strata ('frozen' -> 'random_fixed'); starting" in out
+    assert len(lambdas()) == 4
+
+
 def _cli(*args, cwd, env):
     return subprocess.run([sys.executable, "-m", "solo_iclmsr.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -101,8 +136,8 @@ def _final_step(folder: Path) -> int:
 
 
 def test_a_killed_run_resumes_to_the_same_number_of_steps(tmp_path):
-    """solo's AutoResumer finds the last epoch's checkpoint of the same config; the resumed run
-    ends after as many optimizer steps as one that was never interrupted."""
+    """Auto-resume finds the last epoch's checkpoint of the killed run (the same config); the
+    resumed run ends after as many optimizer steps as one that was never interrupted."""
     env = dict(os.environ, OMP_NUM_THREADS="1", SOLO_ICLMSR_CACHE=str(tmp_path / "cache"))
     args = ["pretrain", *BUILTIN, *TINY, "max_epochs=3", "++data.builtin.n_train=128",
             "auto_resume.enabled=True"]
@@ -126,8 +161,10 @@ def test_a_killed_run_resumes_to_the_same_number_of_steps(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert _final_step(killed / "trained_models") < expected
+    (left,) = killed.glob("trained_models/simclr/*/*.ckpt")
 
     resumed = _cli(*args, cwd=killed, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from previous checkpoint" in resumed.stdout
+    assert (f"Resuming from previous checkpoint that matches specifications: "
+            f"'{left.relative_to(killed)}'") in resumed.stdout
     assert _final_step(killed / "trained_models") == expected

@@ -90,3 +90,36 @@ def test_solo_cifar_config_trains_one_step_with_iclmsr(name, solo_scripts, fake_
     assert any(k.startswith("msr.") for k in state["state_dict"]) and "iclmsr_optimizer" in state
     assert (checkpoints[0].parent / "args.json").is_file()
     assert (checkpoints[0].parent / "metrics.csv").is_file()
+
+
+def test_solo_cifar_simclr_at_its_16_mixed_with_a_real_scaler(solo_scripts, fake_cifar, tmp_path,
+                                                              capsys):
+    """scripts/pretrain/cifar/simclr.yaml with its ``precision: 16-mixed`` kept: on a CPU a real
+    float16 GradScaler (at torch's initial scale, which overflows on the first steps), not
+    Lightning's silent bf16. Exit 0, finite metrics, the skipped meta steps in metrics.csv
+    (a tiny timm backbone for the CPU's sake)."""
+    import csv
+    import math
+
+    folder = solo_scripts / "pretrain" / "cifar"
+    assert compose(str(folder), "simclr", []).precision == "16-mixed"
+    code = cli.main([
+        "pretrain", "--config-path", str(folder), "--config-name", "simclr",
+        "++iclmsr.enabled=true", f"data.train_path={fake_cifar}", f"data.val_path={fake_cifar}",
+        "data.num_workers=0", "optimizer.batch_size=8", "max_epochs=1", "backbone.name=test_resnet",
+        "++limit_val_batches=1", "devices=1", "accelerator=cpu", "strategy=auto",
+        "sync_batchnorm=False", "++wandb.enabled=False", "++scheduler.warmup_epochs=0",
+        "++enable_progress_bar=False", "++diagnostics.images=16", "++iclmsr.n_strata=2",
+        "++iclmsr.msr_width=8", "++iclmsr.msr_depth=2", *_tiny_overrides(folder, "simclr")])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    (checkpoint,) = (tmp_path / "trained_models").glob("*/*/*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    counts = state["iclmsr_meta_counts"]
+    assert counts["skipped"] >= 1 and counts["taken"] >= 1 and sum(counts.values()) == 5
+    assert all(torch.isfinite(v).all() for k, v in state["state_dict"].items() if k.startswith("msr."))
+    with open(checkpoint.parent / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {k: float(v) for row in rows for k, v in row.items() if v not in ("", None)}
+    assert logged["train_meta_skipped"] == counts["skipped"]
+    assert all(math.isfinite(v) for v in logged.values()), logged
