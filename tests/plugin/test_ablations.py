@@ -89,9 +89,9 @@ def test_the_gradient_diagnostics_are_logged_on_their_steps():
     calls = []
     real = model.iclmsr_meta_step
 
-    def spy(record, raw, optimizer, reuse_grads=False, plain=None, diagnose=False):
+    def spy(record, raw, optimizer, reuse_grads=False, plain=None, diagnose=False, **kwargs):
         calls.append((model.global_step, diagnose, plain is not None))
-        return real(record, raw, optimizer, reuse_grads, plain, diagnose)
+        return real(record, raw, optimizer, reuse_grads, plain, diagnose, **kwargs)
 
     model.iclmsr_meta_step = spy
     fit = _fit(model, steps=3)

@@ -42,9 +42,9 @@ def test_gradient_accumulation_recomputes_the_stage1_gradient():
     reuse = []
     real = model.iclmsr_meta_step
 
-    def spy(record, raw, optimizer, reuse_grads=False, *args):
+    def spy(record, raw, optimizer, reuse_grads=False, *args, **kwargs):
         reuse.append(reuse_grads)
-        return real(record, raw, optimizer, reuse_grads, *args)
+        return real(record, raw, optimizer, reuse_grads, *args, **kwargs)
 
     model.iclmsr_meta_step = spy
     fit = _fit(model, max_steps=2, accumulate_grad_batches=2)
