@@ -312,11 +312,13 @@ class ICLMSRMixin:
         if total and lost > total / 2:
             from lightning.pytorch.utilities import rank_zero_warn
 
+            advice = ("precision bf16-mixed or 32" if counts["skipped"] >= counts["refused"] else
+                      "iclmsr.meta_precision=float32" if self.iclmsr.meta_precision == "autocast"
+                      else "a lower iclmsr.msr_lr or iclmsr.alpha")
             rank_zero_warn(
                 f"ICL-MSR: {lost} of {total} meta steps were lost ({counts['skipped']} skipped with "
-                f"the optimizer step on overflowing gradients, {counts['refused']} with a "
-                f"non-finite meta-gradient): f_msr was barely trained; lower the GradScaler's "
-                f"scale, use precision bf16-mixed or 32, or iclmsr.meta_precision=float32.")
+                f"an optimizer step whose gradients overflowed, {counts['refused']} refused for a "
+                f"non-finite meta-gradient): f_msr was barely trained; try {advice}.")
 
     def iclmsr_meta_step(self, record: replay.StepRecord, raw: Tensor, optimizer: Any,
                          reuse_grads: bool = False, plain: Optional[PlainGrads] = None,
