@@ -7,15 +7,18 @@ backbone; f_msr is not needed. The paper reports 5-NN and linear top-1/top-5.
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TopK", "extract_features", "knn_accuracy", "linear_probe", "classifier_accuracy"]
+__all__ = ["TopK", "extract_features", "autocast_dtype", "knn_accuracy", "linear_probe",
+           "classifier_accuracy"]
 
 
 @dataclass
@@ -26,12 +29,53 @@ class TopK:
     top5: float
 
 
-@torch.no_grad()
+class _Progress:
+    """The progress line of one feature extraction on stderr: updated in place on a terminal
+    (twice a second), one line a minute in a log; a last line with the time and the rate."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.done = name, total, 0
+        self.start = self.shown = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def _line(self) -> str:
+        seconds = time.perf_counter() - self.start
+        rate = self.done / seconds if seconds > 0 else 0.0
+        return (f"[evaluate] features of {self.name}: {self.done}/{self.total} images, "
+                f"{seconds:.0f} s, {rate:.0f} images/s")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.shown >= (0.5 if self.tty else 60.0):
+            self.shown = now
+            print(("\r" if self.tty else "") + self._line(), end="" if self.tty else "\n",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(("\r" if self.tty else "") + self._line(), file=sys.stderr, flush=True)
+
+
+def autocast_dtype(precision: Any, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast type of a run's ``precision`` on ``device``: float16 for ``16-mixed`` (and
+    ``16``, ``16-true``), bfloat16 for ``bf16*``, on a GPU; ``None`` (float32) otherwise."""
+    text = str(precision)
+    if device.type != "cuda" or precision is None:
+        return None
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    return None
+
+
 def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256,
                      device: Optional[torch.device] = None,
-                     keys: Iterable[str] = ("feats",)) -> Tuple[Dict[str, Tensor], Tensor]:
+                     keys: Iterable[str] = ("feats",), num_workers: int = 0,
+                     precision: Any = None, name: Optional[str] = None
+                     ) -> Tuple[Dict[str, Tensor], Tensor]:
     """Features of every item of an evaluation dataset (``(x, label)`` items, ``x`` normalised),
-    in eval mode.
+    in eval and inference mode, batch by batch.
 
     Args:
         model: a backbone (returns the pooled features) or a solo method (returns a dict; the
@@ -40,22 +84,39 @@ def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256,
         batch_size: items per forward pass.
         device: where to run; ``None`` for the model's device.
         keys: the outputs to keep when the model returns a dict.
+        num_workers: loader processes that read and transform the images.
+        precision: the run's Lightning ``precision``; on a GPU the forward passes run under
+            autocast in its type (``autocast_dtype``); the features are returned in float32.
+        name: the set's name in the progress line (``None``: no progress line).
 
     Returns:
         ({key: (N, D)}, labels (N,)); a backbone's features are under ``feats``.
     """
     device = device or next(model.parameters()).device
+    dtype = autocast_dtype(precision, device)
     was_training = model.training
     model.eval()
     out: Dict[str, list] = {}
     labels = []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        result = model(x.to(device))
-        result = result if isinstance(result, dict) else {"feats": result}
-        for key in keys:
-            out.setdefault(key, []).append(result[key].float().cpu())
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    progress = _Progress(name, len(dataset)) if name else None
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
+                                                    enabled=dtype is not None):
+            for x, y in loader:
+                result = model(x.to(device, non_blocking=True))
+                result = result if isinstance(result, dict) else {"feats": result}
+                for key in keys:
+                    out.setdefault(key, []).append(result[key].float().cpu())
+                labels.append(torch.as_tensor(y))
+                if progress is not None:
+                    progress.update(len(y))
+    finally:
+        model.train(was_training)
+    if progress is not None:
+        progress.close()
+    # concatenated outside inference mode: ordinary tensors, usable by autograd (linear_probe)
     return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
 
 
@@ -74,10 +135,13 @@ def knn_accuracy(train: Tensor, train_labels: Tensor, test: Tensor, test_labels:
     return TopK(float(top1), float(top5))
 
 
-def classifier_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> TopK:
+def classifier_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
+                        num_workers: int = 0, precision: Any = None,
+                        name: Optional[str] = None) -> TopK:
     """Top-1 and top-5 of a classifier that returns ``{"logits": ...}`` (solo's
-    ``LinearModel``) on an evaluation dataset."""
-    outputs, labels = extract_features(model, dataset, batch_size, keys=("logits",))
+    ``LinearModel``) on an evaluation dataset (the other arguments: ``extract_features``')."""
+    outputs, labels = extract_features(model, dataset, batch_size, keys=("logits",),
+                                       num_workers=num_workers, precision=precision, name=name)
     return _accuracy(outputs["logits"], labels)
 
 

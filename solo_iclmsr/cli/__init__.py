@@ -3,8 +3,9 @@
     solo-iclmsr pretrain --config-path scripts/pretrain/cifar/ --config-name simclr \\
         ++iclmsr.enabled=true [hydra overrides]           # main_pretrain.py
     solo-iclmsr linear --config-path scripts/linear/imagenet-100/ --config-name simclr \\
-        pretrained_feature_extractor=PATH                # main_linear.py
-    solo-iclmsr knn --pretrained_checkpoint_dir DIR --dataset cifar10 ...   # main_knn.py
+        pretrained_feature_extractor=PATH [--test NAME=PATH] [--test-suite in9 ROOT]
+    solo-iclmsr knn --pretrained_checkpoint_dir DIR --dataset cifar10 ... \\
+        [--test NAME=PATH] [--test-suite in9 ROOT]                     # main_knn.py
     solo-iclmsr strata --checkpoint PATH --out strata.png              # stratum maps
     solo-iclmsr compare --config-path scripts/pretrain/cifar/ --config-name simclr \
         --seeds 0 1 2 --out runs/simclr [--arm NAME "OVERRIDES"] [--equal-time]  # paired reruns
@@ -35,17 +36,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from solo_iclmsr.config import compose
 
     result = pretrain(compose(args.config_path, args.config_name, args.overrides))
-    print(f"run folder: {result.folder} ({result.global_step} optimizer steps)")
+    if result.already_complete:
+        print(f"run folder: {result.folder} (already complete: its checkpoint has reached "
+              f"max_epochs after {result.global_step} optimizer steps; nothing was trained)")
+    else:
+        print(f"run folder: {result.folder} ({result.global_step} optimizer steps)")
     if result.last_checkpoint is not None:
         print(f"last checkpoint: {result.last_checkpoint}")
     return 0
 
 
 def _cmd_linear(args: argparse.Namespace) -> int:
-    from solo_iclmsr.runs.linear import linear
     from solo_iclmsr.config import compose
+    from solo_iclmsr.data.test_sets import collect_tests
+    from solo_iclmsr.runs.linear import linear
 
-    linear(compose(args.config_path, args.config_name, args.overrides))
+    tests = collect_tests(args.test, args.test_suite)
+    result = linear(compose(args.config_path, args.config_name, args.overrides), tests)
+    for name, topk in result.tests.items():
+        print(f"linear / {name}: acc@1={topk.top1:.2f}, acc@5={topk.top5:.2f}")
     return 0
 
 
@@ -69,7 +78,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                      [tuple(a) for a in args.arm], args.equal_time, args.eval, args.knn_k,
                      args.linear_config_path, args.linear_config_name, args.linear_epochs,
                      args.jobs, args.launcher, args.launcher_override, args.force,
-                     args.report_only, args.quiet, command=_command_line())
+                     args.report_only, args.quiet, command=_command_line(), tests=args.test,
+                     test_suites=args.test_suite)
     print((result["report"]).read_text())
     print(f"report: {result['report']}\nresults: {result['results']}"
           + (f"\nfigure: {result['figure']}" if "figure" in result else ""))
@@ -113,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=HELP[name], description=HELP[name])
         if name in ("pretrain", "linear"):
             _hydra(p)
+        if name == "linear":
+            from solo_iclmsr.runs.knn import add_test_arguments
+
+            add_test_arguments(p)
         if name == "strata":
             p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (.ckpt)")
             p.add_argument("--out", default="strata.png", help="the PNG to write")

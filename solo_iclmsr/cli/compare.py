@@ -3,12 +3,15 @@ any other arms), over seeds, resumable, with a report.
 
     solo-iclmsr compare --config-path scripts/pretrain/cifar --config-name simclr \\
         --seeds 0 1 2 --out runs/cifar10-simclr [--arm NAME "OVERRIDES"] [--equal-time] \\
-        [--eval knn linear] [--jobs 2] [hydra overrides of every run]
+        [--eval knn linear] [--test NAME=PATH ...] [--test-suite in9 ROOT] [--jobs 2] \
+        [hydra overrides of every run]
 
 Every (arm, seed) is an ordinary ``solo-iclmsr pretrain`` run in ``OUT/runs/<arm>/seed<k>/``
 (``compare/grid.py``), launched through a Hydra launcher (``compare/launch.py``), then
-evaluated by the project's ``knn`` and ``linear`` on every test version of its data
-(``compare/evaluate.py``). The same command finishes an interrupted grid: finished runs are not
+evaluated by the project's ``knn`` and ``linear`` on every test version of its data and on the
+test folders of ``--test`` / ``--test-suite`` (``compare/evaluate.py``; the folders are checked
+against the training set's classes before anything is trained). The same command finishes an
+interrupted grid, and evaluates a test folder added to a finished one: finished runs are not
 trained again, unfinished ones resume from their last checkpoint, and a run whose config the
 command would now compose differently is refused unless ``--force``. ``OUT/results.csv``,
 ``OUT/diagnostics.csv``, ``OUT/report.md`` and ``OUT/report.png`` (``compare/report.py``) are
@@ -29,6 +32,7 @@ from solo_iclmsr.compare.evaluate import EVAL_KINDS
 from solo_iclmsr.compare.grid import (BASE, EQUAL_TIME, ICLMSR, Arm, Grid, check_recorded,
                                       default_arms, equal_time_epochs, missing_evaluations,
                                       read_json, step_time, write_json)
+from solo_iclmsr.runs.knn import add_test_arguments
 
 __all__ = ["compare", "add_arguments", "CompareResult"]
 
@@ -50,6 +54,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--linear-config-name", help="the linear config's name")
     parser.add_argument("--linear-epochs", type=int, help="epochs of the derived linear config "
                                                           "(default 100)")
+    add_test_arguments(parser)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time on this machine")
     parser.add_argument("--launcher", choices=["basic", "joblib", "submitit_local",
                                                "submitit_slurm"],
@@ -88,19 +93,26 @@ def compare(config_path: str, config_name: str, out: str, overrides: Sequence[st
             linear_config_name: Optional[str] = None, linear_epochs: Optional[int] = None,
             jobs: int = 1, launcher: Optional[str] = None, launcher_overrides: Sequence[str] = (),
             force: bool = False, report_only: bool = False, quiet: bool = False,
-            command: Optional[str] = None) -> CompareResult:
-    """Run (or finish) a comparison and write its report; see the module docstring.
+            command: Optional[str] = None, tests: Sequence[str] = (),
+            test_suites: Sequence[Sequence[str]] = ()) -> CompareResult:
+    """Run (or finish) a comparison and write its report; see the module docstring. ``tests``:
+    ``NAME=PATH`` values of ``--test``; ``test_suites``: (suite, root) pairs of
+    ``--test-suite``.
 
     Raises:
         ValueError: one line for a bad argument, a config the runs cannot use (composed and
-            checked before anything is trained) or a run recorded with another config.
+            checked before anything is trained), a test folder that does not fit the training
+            set, or a run recorded with another config.
+        OSError: an unreadable image of a test folder (named).
     """
+    from solo_iclmsr.data.test_sets import collect_tests
+
     from solo_iclmsr.compare.launch import launcher_for
     from solo_iclmsr.compare.report import write_report
 
     root = Path(out).resolve()
     command = command or _command(config_path, config_name, out, overrides, seeds, arms,
-                                  equal_time, eval, knn_k, jobs)
+                                  equal_time, eval, knn_k, jobs, tests, test_suites)
     with _only_writer(root):
         if report_only:
             meta = read_json(root / "compare.json") if (root / "compare.json").exists() else {}
@@ -112,7 +124,8 @@ def compare(config_path: str, config_name: str, out: str, overrides: Sequence[st
             raise ValueError(f"--seeds {list(seeds)}: give distinct seeds.")
         launcher = launcher_for(launcher, jobs)
         evaluation: Dict[str, Any] = {"eval": list(eval), "knn_k": list(knn_k),
-                                      "linear_epochs": linear_epochs}
+                                      "linear_epochs": linear_epochs,
+                                      "tests": collect_tests(tests, test_suites)}
         if linear_config_path:
             evaluation.update(linear_config_path=str(Path(linear_config_path).resolve()),
                               linear_config_name=linear_config_name)
@@ -136,11 +149,16 @@ def compare(config_path: str, config_name: str, out: str, overrides: Sequence[st
 
 def _command(config_path: str, config_name: str, out: str, overrides: Sequence[str],
              seeds: Sequence[int], arms: Sequence[Tuple[str, str]], equal_time: bool,
-             evals: Sequence[str], knn_k: Sequence[int], jobs: int) -> str:
+             evals: Sequence[str], knn_k: Sequence[int], jobs: int, tests: Sequence[str] = (),
+             test_suites: Sequence[Sequence[str]] = ()) -> str:
     words = ["solo-iclmsr", "compare", "--config-path", config_path, "--config-name", config_name,
              "--seeds", *map(str, seeds), "--out", out]
     for name, arm in arms:
         words += ["--arm", name, arm]
+    for test in tests:
+        words += ["--test", test]
+    for suite, root in test_suites:
+        words += ["--test-suite", suite, root]
     words += ["--equal-time"] if equal_time else []
     words += ["--eval", *evals, "--knn-k", *map(str, knn_k), "--jobs", str(jobs), *overrides]
     return " ".join(shlex.quote(str(w)) for w in words)
@@ -149,12 +167,17 @@ def _command(config_path: str, config_name: str, out: str, overrides: Sequence[s
 def _grid(config_path: str, config_name: str, root: Path, overrides: Sequence[str],
           seeds: Sequence[int], arms: Sequence[Tuple[str, str]], equal_time: bool,
           evaluation: Dict[str, Any], quiet: bool = False) -> Grid:
-    """The grid, every arm's config composed and checked (one line on the first error)."""
+    """The grid, every arm's config composed and checked (one line on the first error), and
+    the test folders checked against the training set's classes."""
     from solo_iclmsr.config import compose
+    from solo_iclmsr.data.test_sets import check_test_sets, training_classes
     from solo_iclmsr.plugin import prepare_pretrain
 
     config_path = str(Path(config_path).resolve())
     cfg = compose(config_path, config_name, overrides)
+    if evaluation.get("tests"):
+        check_test_sets(training_classes(cfg), evaluation["tests"],
+                        f"the training set data.train_path={str(cfg.data.train_path)!r}")
     all_arms = default_arms(str(cfg.method))
     for name, arm_overrides in arms:
         if name in (BASE, ICLMSR, EQUAL_TIME) or name in [a.name for a in all_arms]:

@@ -15,7 +15,8 @@ Run ``<arm>/seed<k>`` lives in ``OUT/runs/<arm>/seed<k>/``:
   compose the same config again (``check_recorded``), or the run is refused;
 * solo's checkpoint folder ``<method>/<version>/`` (checkpoints, ``args.json``, ``metrics.csv``;
   a resumed run adds a version folder);
-* ``run.json`` once training finished (steps, training time), ``eval.json`` once evaluated,
+* ``run.json`` once training finished (steps, training time), ``eval.json`` once evaluated
+  (a test folder added later is evaluated then, without training again: ``missing_evaluations``),
   ``error.txt`` if its last attempt failed.
 """
 
@@ -33,6 +34,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
+
+from solo_iclmsr.config.flat import config_changes
+from solo_iclmsr.config.flat import flat_config as flatten
 
 __all__ = ["Arm", "RunSpec", "Grid", "default_arms", "flat_config", "config_changes",
            "missing_evaluations",
@@ -116,7 +120,7 @@ class Grid:
         name: the config's ``name``; run ``<arm>/seed<k>`` is named ``<name>-<arm>-seed<k>``.
         quiet: no progress bars inside the runs.
         evaluation: what ``evaluate.evaluate_run`` does after training (``eval``, ``knn_k``,
-            the linear config and its epochs).
+            the linear config and its epochs, ``tests``: the test folders {name: folder}).
         equal_time: add ``base_equal_time``.
     """
 
@@ -150,42 +154,35 @@ class Grid:
                        dict(self.evaluation), dict(derived or {}))
 
 
-def missing_evaluations(done: Dict[str, Any], evaluation: Dict[str, Any]) -> List[str]:
-    """The evaluations (``knn``, ``linear``) a run's ``eval.json`` lacks (``{}`` lacks all)."""
-    missing = []
-    if "knn" in evaluation["eval"]:
-        wanted = {f"knn{k}" for k in evaluation["knn_k"]}
-        if not done.get("knn") or any(not wanted <= set(v) for v in done["knn"].values()):
-            missing.append("knn")
-    if "linear" in evaluation["eval"] and not done.get("linear"):
-        missing.append("linear")
+def missing_evaluations(done: Dict[str, Any], evaluation: Dict[str, Any]
+                        ) -> Dict[str, Optional[List[str]]]:
+    """What a run's ``eval.json`` (``done``; ``{}`` lacks all) lacks of ``evaluation``:
+    {kind (``knn``, ``linear``): ``None`` to evaluate it on every test set (it was never made,
+    or the k-NN lacks a k), or the test folders (``evaluation["tests"]``) it lacks, or whose
+    folder is another than the one it was evaluated on}."""
+    tests: Dict[str, str] = dict(evaluation.get("tests") or {})
+    recorded = done.get("test_paths", {})
+    missing: Dict[str, Optional[List[str]]] = {}
+    for kind in ("knn", "linear"):
+        if kind not in evaluation["eval"]:
+            continue
+        results = done.get(kind) or {}
+        if kind == "knn":
+            wanted = {f"knn{k}" for k in evaluation["knn_k"]}
+            if any(not wanted <= set(v) for v in results.values()):
+                results = {}
+        if not results:
+            missing[kind] = None
+            continue
+        lacking = [n for n, p in tests.items() if n not in results or recorded.get(n) != p]
+        if lacking:
+            missing[kind] = lacking
     return missing
 
 
 def flat_config(cfg: DictConfig) -> Dict[str, Any]:
     """The config as {dotted key: value}, the run-location keys left out."""
-    out: Dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{prefix}{i}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return {k: v for k, v in out.items() if k not in RUNTIME_KEYS}
-
-
-def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
-    """``key (old -> new)`` for every key that differs."""
-    keys = sorted(set(old) | set(new))
-    missing = "<absent>"
-    return [f"{k} ({old.get(k, missing)!r} -> {new.get(k, missing)!r})" for k in keys
-            if old.get(k, missing) != new.get(k, missing)]
+    return flatten(cfg, leave_out=RUNTIME_KEYS)
 
 
 def check_recorded(folder: Path, cfg: DictConfig, force: bool) -> None:

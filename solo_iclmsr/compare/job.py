@@ -33,7 +33,8 @@ from solo_iclmsr.compare.grid import RunSpec, missing_evaluations, read_json, wr
 from solo_iclmsr.errors import USER_ERRORS, one_line
 from solo_iclmsr.plugin.callbacks import TrainClock
 
-__all__ = ["run_job", "newest_checkpoint", "die_with_parent", "grid_progress"]
+__all__ = ["run_job", "merge_evaluation", "newest_checkpoint", "die_with_parent",
+           "grid_progress"]
 
 
 @dataclass
@@ -153,11 +154,9 @@ def run_job(folder: Path, threads: int = 0) -> str:
         missing = missing_evaluations(done, spec.evaluation)
         if missing:
             run = read_json(folder / "run.json")
-            new = evaluate_run(folder / run["checkpoint"], folder, {**spec.evaluation,
-                                                                    "eval": missing})
-            done.update({kind: new[kind] for kind in missing},
-                        seconds=done.get("seconds", 0.0) + new["seconds"])
-            write_json(folder / "eval.json", done)
+            new = evaluate_run(folder / run["checkpoint"], folder, spec.evaluation, missing,
+                               done)
+            write_json(folder / "eval.json", merge_evaluation(done, new, spec.evaluation))
     except (*USER_ERRORS, NonFiniteLossError) as error:
         message = one_line(error)
         (folder / "error.txt").write_text(message + "\n")
@@ -166,6 +165,27 @@ def run_job(folder: Path, threads: int = 0) -> str:
     print(f"[compare] {grid_progress(root)} end {spec.key} "
           f"({time.perf_counter() - start:.0f} s){_eta(root)}", flush=True)
     return "done"
+
+
+def merge_evaluation(done: Dict[str, Any], new: Dict[str, Any],
+                     evaluation: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's ``eval.json`` after an evaluation: a kind evaluated on every test set replaces
+    its results, one evaluated on some test sets adds them; the test folders of ``evaluation``
+    are recorded (all of them are evaluated now), and the evaluation time added up."""
+    out = dict(done)
+    for kind in ("knn", "linear"):
+        if new.get(kind) or kind in new.get("complete", ()):
+            out[kind] = dict(new[kind]) if kind in new["complete"] else {
+                **(done.get(kind) or {}), **new[kind]}
+    if new.get("linear_checkpoint"):
+        out["linear_checkpoint"] = new["linear_checkpoint"]
+    out["test_paths"] = {**done.get("test_paths", {}), **(evaluation.get("tests") or {})}
+    out["seconds"] = done.get("seconds", 0.0) + new["seconds"]
+    by_kind = dict(done.get("seconds_by_kind", {}))
+    for kind, seconds in new.get("seconds_by_kind", {}).items():
+        by_kind[kind] = by_kind.get(kind, 0.0) + seconds
+    out["seconds_by_kind"] = by_kind
+    return out
 
 
 def _grid_runs(root: Path) -> Iterator[Path]:

@@ -2,8 +2,11 @@
 
 * ``results.csv``: one row per run x test set x metric, with the run's training time and time
   per step;
-* ``report.md``: per metric, mean +- std over the seeds of every arm and test set; the
-  seed-paired difference of every arm to ``base`` with its 95% t-interval and n; the training
+* ``report.md``: per metric, mean +- std over the seeds of every arm and test set (the run's own
+  test versions, then the test folders of ``--test`` / ``--test-suite``); the seed-paired
+  difference of every arm to ``base`` with its 95% t-interval and n; with ImageNet-9's
+  ``mixed_same`` and ``mixed_rand``, the BG-Gap of every arm (and its accuracy on ``only_fg``)
+  with its seed-paired difference; the evaluation time against the training time; the training
   time of every arm and its ratio to ``base``; the runs' diagnostics (last epoch of their
   ``metrics.csv``); the machine, torch, Lightning and solo-learn versions and the command;
 * ``diagnostics.csv``: per arm, the mean over its runs of every column of their ``metrics.csv``
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from solo_iclmsr.compare.grid import BASE, read_json
+from solo_iclmsr.data.test_sets import BG_GAP, IN9_VARIANTS
 
 __all__ = ["Row", "collect", "write_report", "read_report", "arm_means", "paired_difference",
            "mean_std", "machine"]
@@ -57,9 +61,14 @@ class Row:
     cpu_seconds_per_step: float
     steps: int
     max_epochs: int
+    eval_seconds: float = float("nan")
 
     FIELDS = ("arm", "seed", "test_set", "metric", "value", "train_seconds", "seconds_per_step",
-              "cpu_seconds_per_step", "steps", "max_epochs")
+              "cpu_seconds_per_step", "steps", "max_epochs", "eval_seconds")
+
+
+#: The order of the test sets in the tables (the others follow by name).
+TEST_ORDER = ("full", "fg", "decorrelated", "bg", "val", *IN9_VARIANTS)
 
 
 def _runs(out: Path) -> List[Path]:
@@ -78,7 +87,8 @@ def collect(out: Path) -> Tuple[List[Row], Dict[Tuple[str, int], Dict[str, float
         common = dict(arm=arm, seed=seed, train_seconds=run["train_seconds"],
                       seconds_per_step=run["seconds_per_step"],
                       cpu_seconds_per_step=run.get("cpu_seconds_per_step", float("nan")),
-                      steps=run["steps"], max_epochs=run["max_epochs"])
+                      steps=run["steps"], max_epochs=run["max_epochs"],
+                      eval_seconds=float(scores.get("seconds", float("nan"))))
         for kind in ("knn", "linear"):
             for test, metrics in scores.get(kind, {}).items():
                 named = metrics.items() if kind == "knn" else [("linear", metrics)]
@@ -127,7 +137,8 @@ def read_report(out: Path) -> Tuple[List[Row], Dict[str, Dict[str, float]]]:
                             train_seconds=float(r["train_seconds"]),
                             seconds_per_step=float(r["seconds_per_step"]),
                             cpu_seconds_per_step=float(r["cpu_seconds_per_step"]),
-                            steps=int(r["steps"]), max_epochs=int(r["max_epochs"])))
+                            steps=int(r["steps"]), max_epochs=int(r["max_epochs"]),
+                            eval_seconds=float(r.get("eval_seconds") or "nan")))
     means: Dict[str, Dict[str, float]] = defaultdict(dict)
     if (out / "diagnostics.csv").exists():
         with open(out / "diagnostics.csv", newline="") as f:
@@ -228,7 +239,7 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                 command: str = "", arms: Sequence[str] = ()) -> str:
     """The markdown of ``report.md`` (see the module docstring)."""
     arm_names = _ordered([r.arm for r in rows], [BASE, *arms])
-    tests = _ordered([r.test_set for r in rows], ["full", "fg", "decorrelated", "bg", "val"])
+    tests = _ordered([r.test_set for r in rows], TEST_ORDER)
     metrics = [m for m in _ordered([r.metric for r in rows], ["knn5_top1", "knn20_top1",
                                                                 "linear_top1"])
                if m.endswith("top1")]
@@ -266,10 +277,12 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                         + f" (n={n})")
                 table.append([arm, *cells])
             lines += [_table(["arm", *tests], table), ""]
+    lines += bg_gap_section(values, arm_names, metrics)
     lines += ["## Training time", "",
               "Per run: wall time of the training epochs, and the wall and process CPU time of "
               "one training step (the CPU time measures a step's work on a machine shared with "
-              "other jobs); mean over the seeds, and the ratio to the base arm's mean.", ""]
+              "other jobs); mean over the seeds, and the ratio to the base arm's mean; the wall "
+              "time of the run's evaluations (k-NN and linear probe on every test set).", ""]
 
     def mean_of(rs: List[Row], key: str) -> float:
         vals = [getattr(r, key) for r in rs if not math.isnan(getattr(r, key))]
@@ -281,6 +294,7 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
     base_runs = list(runs.get(BASE, {}).values())
     base = {k: mean_of(base_runs, k) if base_runs else float("nan")
             for k in ("train_seconds", "seconds_per_step", "cpu_seconds_per_step")}
+    evals = {arm: mean_of(list(runs[arm].values()), "eval_seconds") for arm in arm_names}
     table = []
     for arm in arm_names:
         rs = list(runs[arm].values())
@@ -291,9 +305,11 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                       f"{means['cpu_seconds_per_step']:.3f}",
                       ratio(means["train_seconds"], base["train_seconds"]),
                       ratio(means["seconds_per_step"], base["seconds_per_step"]),
-                      ratio(means["cpu_seconds_per_step"], base["cpu_seconds_per_step"])])
+                      ratio(means["cpu_seconds_per_step"], base["cpu_seconds_per_step"]),
+                      "-" if math.isnan(evals[arm]) else f"{evals[arm]:.0f}"])
     lines += [_table(["arm", "runs", "epochs", "steps", "train s", "s / step", "CPU s / step",
-                      "train s / base", "s/step / base", "CPU s/step / base"], table), ""]
+                      "train s / base", "s/step / base", "CPU s/step / base", "eval s"], table),
+              ""]
     means = arm_means(diagnostics)
     for keys, title, text in (
             (DIAGNOSTICS, "Diagnostics",
@@ -320,7 +336,58 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
     return "\n".join(lines)
 
 
-def _figure(rows: List[Row], arms: List[str], path: Path) -> Path:
+def _paired_cell(pairs: Sequence[Tuple[float, float]]) -> str:
+    d, half, n = paired_difference(pairs)
+    return "-" if n == 0 else f"{d:+.1f}" + (
+        f" [{d - half:+.1f}, {d + half:+.1f}]" if half is not None else "") + f" (n={n})"
+
+
+def bg_gap_section(values: Dict[Tuple[str, str, str], Dict[int, float]], arms: Sequence[str],
+                   metrics: Sequence[str]) -> List[str]:
+    """The ImageNet-9 section of ``report.md`` (none without both ``mixed_same`` and
+    ``mixed_rand``): per metric and arm, the accuracy on ``only_fg``, ``mixed_same`` and
+    ``mixed_rand``, the BG-Gap (``mixed_same`` - ``mixed_rand``, per seed) as mean ± std, and
+    the seed-paired difference to ``base`` of the ``only_fg`` accuracy and of the BG-Gap."""
+    same, rand = BG_GAP
+    if not any(t == same for _, _, t in values) or not any(t == rand for _, _, t in values):
+        return []
+    lines = ["## Background gap (ImageNet-9)", "",
+             f"BG-Gap = top-1 on `{same}` (the foreground on a background of its own class) "
+             f"minus top-1 on `{rand}` (on a random class's background), per seed (Xiao et al. "
+             f"2020): the accuracy the background carries; `only_fg`: the foreground alone. "
+             f"Mean ± std over the seeds (n seeds in brackets); then the seed-paired difference "
+             f"to `{BASE}` (arm - base, same seed): mean, 95% t-interval, n.", ""]
+    table, paired = [], []
+    for metric in metrics:
+        name = metric.replace("_top1", "")
+        for arm in arms:
+            a, b = values.get((metric, arm, same), {}), values.get((metric, arm, rand), {})
+            gap = {s: a[s] - b[s] for s in a if s in b}
+            if not gap:
+                continue
+            fg = values.get((metric, arm, "only_fg"), {})
+            table.append([arm, name, f"{mean_std(list(fg.values()))} ({len(fg)})",
+                          f"{mean_std(list(a.values()))} ({len(a)})",
+                          f"{mean_std(list(b.values()))} ({len(b)})",
+                          f"{mean_std(list(gap.values()))} ({len(gap)})"])
+            if arm == BASE or BASE not in arms:
+                continue
+            base_fg = values.get((metric, BASE, "only_fg"), {})
+            bs, br = values.get((metric, BASE, same), {}), values.get((metric, BASE, rand), {})
+            base_gap = {s: bs[s] - br[s] for s in bs if s in br}
+            paired.append([arm, name,
+                           _paired_cell([(fg[s], base_fg[s]) for s in fg if s in base_fg]),
+                           _paired_cell([(gap[s], base_gap[s]) for s in gap if s in base_gap])])
+    lines += [_table(["arm", "metric", "only_fg", same, rand, "BG-Gap"], table), ""]
+    if paired:
+        lines += [_table(["arm", "metric", "only_fg - base", "BG-Gap - base"], paired), ""]
+    return lines
+
+
+def _figure(rows: List[Row], arms: List[str], path: Path, per_row: int = 6) -> Path:
+    """Per test set (and the BG-Gap where there is one), the first metric of every run as a
+    point and each arm's mean as a bar, and below it that metric against the training time;
+    ``per_row`` test sets to a row of panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,27 +395,42 @@ def _figure(rows: List[Row], arms: List[str], path: Path) -> Path:
 
     metric = next((m for m in ("knn5_top1", "knn20_top1", "linear_top1")
                    if any(r.metric == m for r in rows)), rows[0].metric)
-    rows = [r for r in rows if r.metric == metric]
-    tests = _ordered([r.test_set for r in rows], ["full", "fg", "decorrelated", "bg", "val"])
-    fig, axes = plt.subplots(2, len(tests), figsize=(3.2 * len(tests) + 1, 6.0), squeeze=False)
+    points: Dict[str, Dict[str, List[Tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    by_run: Dict[Tuple[str, int, str], Row] = {}
+    for r in rows:
+        if r.metric == metric:
+            points[r.test_set][r.arm].append((r.train_seconds, r.value))
+            by_run[(r.arm, r.seed, r.test_set)] = r
+    tests = _ordered(list(points), TEST_ORDER)
+    same, rand = BG_GAP
+    for (arm, seed, test), r in by_run.items():
+        if test == same and (arm, seed, rand) in by_run:
+            gap = r.value - by_run[(arm, seed, rand)].value
+            points["BG-Gap"][arm].append((r.train_seconds, gap))
+    tests += ["BG-Gap"] if "BG-Gap" in points else []
+    columns = min(per_row, len(tests))
+    blocks = (len(tests) + columns - 1) // columns
+    fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.2 * columns + 1, 6.0 * blocks),
+                             squeeze=False)
     colors = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
     for j, test in enumerate(tests):
-        ax = axes[0][j]
+        row, column = 2 * (j // columns), j % columns
+        top, bottom = axes[row][column], axes[row + 1][column]
         for i, arm in enumerate(arms):
-            vals = [r.value for r in rows if r.arm == arm and r.test_set == test]
-            if not vals:
+            pts = points[test].get(arm, [])
+            if not pts:
                 continue
-            ax.bar(i, statistics.mean(vals), 0.7, color=colors[arm], alpha=0.45)
-            ax.plot([i] * len(vals), vals, "o", color=colors[arm], ms=4)
-        ax.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{metric}, test {test}", fontsize=8)
-        ax = axes[1][j]
-        for arm in arms:
-            pts = [(r.train_seconds, r.value) for r in rows if r.arm == arm and r.test_set == test]
-            if pts:
-                ax.plot(*zip(*pts), "o", color=colors[arm], ms=4, label=arm)
-        ax.set_xlabel("training time (s)", fontsize=7)
-        ax.set_ylabel(metric, fontsize=7)
+            vals = [v for _, v in pts]
+            top.bar(i, statistics.mean(vals), 0.7, color=colors[arm], alpha=0.45)
+            top.plot([i] * len(vals), vals, "o", color=colors[arm], ms=4)
+            bottom.plot(*zip(*pts), "o", color=colors[arm], ms=4, label=arm)
+        top.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=7)
+        top.set_title(f"{metric}, {'test ' if test != 'BG-Gap' else ''}{test}", fontsize=8)
+        bottom.set_xlabel("training time (s)", fontsize=7)
+        bottom.set_ylabel(metric if test != "BG-Gap" else f"BG-Gap ({metric})", fontsize=7)
+    for j in range(len(tests), blocks * columns):
+        axes[2 * (j // columns)][j % columns].axis("off")
+        axes[2 * (j // columns) + 1][j % columns].axis("off")
     axes[1][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

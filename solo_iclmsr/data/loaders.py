@@ -2,7 +2,9 @@
 
 Pretraining follows ``main_pretrain.py``: the training set is solo's ``prepare_datasets`` (CIFAR,
 STL-10, ImageNet, custom folders; image folders or h5) and the validation loader solo's
-``prepare_data`` of ``classification_dataloader``. What differs is the transform of the
+``prepare_data`` of ``classification_dataloader``. What differs is the evaluation transform of a
+dataset without a fixed recipe of solo's (``custom``, ImageNet at another size), which follows
+the run's crop size and normalisation (``eval_transforms.py``), and the transform of the
 training set: with ``data.augment_on_device: true`` (default) each item is the raw image as a
 fixed-size ``uint8`` tensor (:class:`RawImage`) and the views are made on the training device
 (``data/augment.py``); with ``false``, solo's own per-image pipeline runs in the loader workers.
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from solo_iclmsr.data.builtin import BuiltinSpec
 from solo_iclmsr.data.datasets import IMAGE_EXTENSIONS, BuiltinDataset, _open_image, _resize_square
+from solo_iclmsr.data.eval_transforms import run_recipe
 
 __all__ = ["RawImage", "raw_image_size", "builtin_spec", "pretrain_dataset", "pretrain_loader",
            "validation_loader", "check_images_readable", "EvalImages", "builtin_eval_sets",
@@ -95,9 +98,10 @@ def _fetching(dataset: str, path: Any, build: Callable[[], Any]) -> Any:
             f"fetched ({reason}); put it there (solo's layout) or fix data.train_path.") from None
 
 
-def check_images_readable(root: Path) -> int:
-    """Open every image under ``root`` (a custom folder) before training starts; an unreadable
-    one fails in one line naming the file. Returns the number of images checked."""
+def check_images_readable(root: Path, what: str = "data.train_path") -> int:
+    """Open every image under ``root`` (a custom folder, a test folder) before training starts;
+    an unreadable one fails in one line naming the file (and ``what`` gave the folder). Returns
+    the number of images checked."""
     count = 0
     for folder, _, files in os.walk(root):
         for name in sorted(files):
@@ -108,7 +112,7 @@ def check_images_readable(root: Path) -> int:
                 with _open_image(path) as im:
                     im.verify()
             except OSError as error:
-                raise OSError(f"{error}; remove or replace it (data.train_path={str(root)!r}).") from None
+                raise OSError(f"{error}; remove or replace it ({what}={str(root)!r}).") from None
             count += 1
     return count
 
@@ -191,10 +195,36 @@ def validation_loader(cfg: DictConfig) -> Optional[DataLoader]:
     from solo.data.classification_dataloader import prepare_data
 
     val_format = "image_folder" if data.format == "dali" else data.format
-    _, loader = _fetching(data.dataset, data.val_path, lambda: prepare_data(
-        data.dataset, train_data_path=data.train_path, val_data_path=data.val_path,
-        data_format=val_format, batch_size=batch_size, num_workers=workers))
-    return loader
+    recipe = run_recipe(cfg)
+    if recipe.fixed:
+        _, loader = _fetching(data.dataset, data.val_path, lambda: prepare_data(
+            data.dataset, train_data_path=data.train_path, val_data_path=data.val_path,
+            data_format=val_format, batch_size=batch_size, num_workers=workers))
+        return loader
+    _, val = _solo_sets(cfg, recipe.eval_transform())
+    return DataLoader(val, batch_size=batch_size, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())
+
+
+def _solo_sets(cfg: DictConfig, transform: Callable, val: bool = True) -> Tuple[Dataset, Any]:
+    """solo's classification datasets of ``data.train_path`` and ``data.val_path`` (the latter
+    ``None`` when ``val`` is false), both with ``transform``."""
+    from solo.data.classification_dataloader import prepare_datasets
+
+    data = cfg.data
+    data_format = "image_folder" if data.format == "dali" else data.format
+    if not val and data.dataset in ("custom", "imagenet", "imagenet100") and data_format != "h5":
+        from torchvision.datasets import ImageFolder
+
+        path = str(data.train_path)
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"data.train_path={path!r} is not a folder: expected "
+                                    f"{path}/<class>/<image>.")
+        return ImageFolder(path, transform), None
+    train, val_set = _fetching(data.dataset, data.train_path, lambda: prepare_datasets(
+        data.dataset, T_train=transform, T_val=transform, train_data_path=data.train_path,
+        val_data_path=data.val_path if val else data.train_path, data_format=data_format))
+    return train, (val_set if val else None)
 
 
 def builtin_eval_sets(cfg: DictConfig, train_variant: Optional[str] = None,
@@ -228,8 +258,8 @@ def masked_dataset(cfg: DictConfig, variant: str = "full") -> Dataset:
                              mask_suffix=None if d.masks_root else d.mask_suffix)
 
 
-def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None
-                    ) -> Tuple[Dataset, Dict[str, Dataset]]:
+def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None,
+                    val_required: bool = True) -> Tuple[Dataset, Dict[str, Dataset]]:
     """The training set (k-NN bank, linear probe) and every test version of a run's data, as
     solo's ``(x, label)`` items (``TEST_VERSIONS``):
 
@@ -240,7 +270,9 @@ def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None
       training images when they are a labelled custom folder (their classes, sorted, must be
       the masked set's labels), else the masked set's other four fifths;
     * any other dataset: solo's classification datasets of ``data.train_path`` and
-      ``data.val_path`` (``val``), with solo's evaluation transform.
+      ``data.val_path`` (``val``; none without a ``data.val_path`` when not ``val_required``),
+      with the run's evaluation transform (``data/eval_transforms.py``: solo's recipe of CIFAR,
+      STL-10 and ImageNet at 224; the run's crop size and normalisation for the others).
 
     ``entry`` gives the crop size and normalisation (default ``augmentations[0]``).
     """
@@ -266,15 +298,11 @@ def evaluation_sets(cfg: DictConfig, entry: Optional[DictConfig] = None
         return (EvalImages(bank, *stats),
                 {v: EvalImages(Subset(masked_dataset(cfg, v), test), *stats)
                  for v in TEST_VERSIONS["masked"]})
-    from solo.data.classification_dataloader import prepare_datasets, prepare_transforms
-
-    if data.val_path is None:
+    if data.val_path is None and val_required:
         raise FileNotFoundError(f"data.val_path is not set: the {data.dataset} run has no "
-                                f"validation set to evaluate on; set it (or evaluate a dataset "
-                                f"with masks through diagnostics.masks).")
-    _, transform = prepare_transforms(data.dataset)
-    data_format = "image_folder" if data.format == "dali" else data.format
-    train, val = _fetching(data.dataset, data.train_path, lambda: prepare_datasets(
-        data.dataset, T_train=transform, T_val=transform, train_data_path=data.train_path,
-        val_data_path=data.val_path, data_format=data_format))
-    return train, {"val": val}
+                                f"validation set to evaluate on; set it, add test folders "
+                                f"(--test), or evaluate a dataset with masks through "
+                                f"diagnostics.masks.")
+    transform = run_recipe(cfg, entry).eval_transform()
+    train, val = _solo_sets(cfg, transform, val=data.val_path is not None)
+    return train, ({} if val is None else {"val": val})
