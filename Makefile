@@ -20,7 +20,7 @@ export SOLO_LEARN_SOURCE
 UPSTREAM_TESTS := $(VENV)/solo-learn-tests
 UPSTREAM_SUITES := tests/methods tests/losses tests/backbones tests/utils tests/args tests/data
 
-.PHONY: install demo test test-project test-upstream patch-check bench clean
+.PHONY: install demo test test-project test-upstream patch-check bench gpu-check clean
 
 install: $(STAMP)
 
@@ -61,6 +61,12 @@ bench: install
 	$(PY) benchmarks/augment.py
 	$(PY) benchmarks/epoch_overhead.py --arms base,iclmsr,stages1,stages1_batch50,every4
 	$(PY) benchmarks/distributed_step.py
+
+# One GPU, under 8 minutes, nothing downloaded: solo's CIFAR SimCLR and BYOL configs through
+# `solo-iclmsr pretrain` on the built-in set, the meta step's cost and fidelity, the
+# augmentation against Kornia; the report in benchmarks/results/gpu/gpu_check.md.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,12 +9,13 @@ workers). The batch pipeline (``solo_iclmsr.data.augment.MultiViewAugmentation``
 batch and makes both views at once. Kornia: its ``AugmentationSequential`` of the same ops
 (``kornia_pipeline``: random resized crop, colour jitter, grayscale, blur, solarization, flip,
 normalisation), built as a new user would from the documentation, run on the batch converted to
-float, once per view. With CUDA, both batch pipelines also run there, with the augmentation time
-as a fraction of one resnet18 training step (forward + backward + SGD step on both views of the
-same batch).
+float, once per view. With CUDA (or on the device ``--device`` names), both batch pipelines also
+run there, with the augmentation time as a fraction of one resnet18 training step (forward +
+backward + SGD step on both views of the same batch); ``--no-cpu`` leaves the CPU columns out.
 
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/augment.py [--batch 256] [--repeats 3]
+    python benchmarks/augment.py --device cuda          # the device columns on a GPU
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -92,21 +93,22 @@ def best_time(fn: Callable[[], object], repeats: int, sync: bool = False) -> flo
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    load = os.getloadavg()[0]
-    b = args.batch
+def measure(batch: int = 256, repeats: int = 3, sizes: Sequence[int] = (32, 224),
+            device: Optional[str] = "auto", cpu_columns: bool = True) -> List[Dict]:
+    """Images per second of every pipeline, one row per image size.
+
+    ``device``: where the device columns run (the batch pipeline, Kornia and the aug / resnet18
+    step fraction); ``auto``: CUDA when available, else none; ``None``: none. ``cpu_columns``:
+    also solo-learn's per-image pipeline, the batch pipeline and Kornia on the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else None
     rows = []
-    for size in (32, 224):
+    for size in sizes:
         cfg = simclr_config(size)
-        dataset = "cifar10" if size == 32 else "imagenet"
+        dataset = "cifar10" if size <= 32 else "imagenet"
         g = torch.Generator().manual_seed(0)
-        raw = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=g)  # (B, 3, S, S)
-        pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in raw]
-        per_image = solo_pipeline(cfg, dataset)
+        raw = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8,
+                            generator=g)  # (B, 3, S, S)
         batch_aug = build_multiview_augmentation(cfg, dataset)
         kornia_aug = kornia_pipeline(cfg, *mean_std(dataset, cfg[0]))
 
@@ -114,18 +116,25 @@ def main() -> None:
             x = images.float().div_(255.0)
             return [kornia_aug(x) for _ in range(cfg[0]["num_crops"])]
 
-        t_solo = best_time(lambda: [per_image(im) for im in pil], max(1, args.repeats - 1))
-        t_cpu = best_time(lambda: batch_aug(raw), args.repeats)
-        t_kornia = best_time(lambda: kornia_views(raw), max(1, args.repeats - 1))
-        row = {"size": size, "solo": b / t_solo, "cpu": b / t_cpu, "kornia": b / t_kornia,
-               "cuda": None, "kornia_cuda": None, "frac": None}
-        if torch.cuda.is_available():
+        row = {"size": size, "solo": None, "cpu": None, "kornia": None, "device": device,
+               "dev": None, "kornia_dev": None, "frac": None}
+        if cpu_columns:
+            pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in raw]
+            per_image = solo_pipeline(cfg, dataset)
+            t_solo = best_time(lambda: [per_image(im) for im in pil], max(1, repeats - 1))
+            t_cpu = best_time(lambda: batch_aug(raw), repeats)
+            t_kornia = best_time(lambda: kornia_views(raw), max(1, repeats - 1))
+            row.update(solo=batch / t_solo, cpu=batch / t_cpu, kornia=batch / t_kornia)
+        if device is not None:
             import torchvision
 
-            dev = torch.device("cuda")
+            dev = torch.device(device)
+            sync = dev.type == "cuda"
             raw_d = raw.to(dev)
-            t_gpu = best_time(lambda: batch_aug(raw_d), args.repeats, sync=True)
-            t_kornia_gpu = best_time(lambda: kornia_views(raw_d), args.repeats, sync=True)
+            batch_aug.to(dev)
+            kornia_aug.to(dev)
+            t_dev = best_time(lambda: batch_aug(raw_d), repeats, sync=sync)
+            t_kornia_dev = best_time(lambda: kornia_views(raw_d), repeats, sync=sync)
             net = torchvision.models.resnet18(num_classes=128).to(dev)
             opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
             views = batch_aug(raw_d)
@@ -136,26 +145,67 @@ def main() -> None:
                 loss.backward()
                 opt.step()
 
-            t_step = best_time(step, args.repeats, sync=True)
-            row.update(cuda=b / t_gpu, kornia_cuda=b / t_kornia_gpu, frac=t_gpu / t_step)
+            t_step = best_time(step, repeats, sync=sync)
+            row.update(dev=batch / t_dev, kornia_dev=batch / t_kornia_dev, frac=t_dev / t_step)
         rows.append(row)
+    return rows
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu only"
-    print(f"batch {b}, 2 views per image (SimCLR), torch threads {torch.get_num_threads()}, {device}, "
-          f"load average {load:.2f} at the start")
-    print("| size | solo-learn per image, CPU (img/s) | batch pipeline, CPU (img/s) | ratio CPU "
-          "| Kornia, CPU (img/s) | batch pipeline / Kornia, CPU | batch pipeline, CUDA (img/s) "
-          "| Kornia, CUDA (img/s) | batch pipeline / Kornia, CUDA | aug / resnet18 step |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+
+def table(rows: List[Dict]) -> List[str]:
+    """The markdown table of ``measure``'s rows: the CPU columns and the device columns that
+    were measured (``n/a`` where a single value is missing)."""
+    device = next((r["device"] for r in rows if r["device"]), None) or "CUDA"
+    dev = device.upper() if device in ("cuda", "cpu") else device
+
+    def rate(r: Dict, key: str) -> str:
+        return f"{r[key]:.0f}" if r[key] else "n/a"
+
+    def ratio(r: Dict, a: str, b: str) -> str:
+        return f"{r[a] / r[b]:.1f}x" if r[a] and r[b] else "n/a"
+
+    def frac(r: Dict) -> str:
+        return f"{100 * r['frac']:.1f}%" if r["frac"] is not None else "n/a"
+
+    columns = [("size", lambda r: f"{r['size']} px")]
+    if any(r["cpu"] for r in rows) or not any(r["dev"] for r in rows):
+        columns += [("solo-learn per image, CPU (img/s)", lambda r: rate(r, "solo")),
+                    ("batch pipeline, CPU (img/s)", lambda r: rate(r, "cpu")),
+                    ("ratio CPU", lambda r: ratio(r, "cpu", "solo")),
+                    ("Kornia, CPU (img/s)", lambda r: rate(r, "kornia")),
+                    ("batch pipeline / Kornia, CPU", lambda r: ratio(r, "cpu", "kornia"))]
+    if any(r["dev"] for r in rows) or not any(r["cpu"] for r in rows):
+        columns += [(f"batch pipeline, {dev} (img/s)", lambda r: rate(r, "dev")),
+                    (f"Kornia, {dev} (img/s)", lambda r: rate(r, "kornia_dev")),
+                    (f"batch pipeline / Kornia, {dev}", lambda r: ratio(r, "dev", "kornia_dev")),
+                    (f"aug / resnet18 step, {dev}", frac)]
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
     for r in rows:
-        def rate(key: str) -> str:
-            return f"{r[key]:.0f}" if r[key] else "n/a"
+        lines.append("| " + " | ".join(cell(r) for _, cell in columns) + " |")
+    return lines
 
-        cuda_ratio = f"{r['cuda'] / r['kornia_cuda']:.1f}x" if r["cuda"] else "n/a"
-        frac = f"{100 * r['frac']:.1f}%" if r["frac"] is not None else "n/a"
-        print(f"| {r['size']} px | {r['solo']:.0f} | {r['cpu']:.0f} | {r['cpu'] / r['solo']:.1f}x "
-              f"| {r['kornia']:.0f} | {r['cpu'] / r['kornia']:.1f}x | {rate('cuda')} "
-              f"| {rate('kornia_cuda')} | {cuda_ratio} | {frac} |")
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="32,224", help="image sides, comma-separated")
+    parser.add_argument("--device", default="auto",
+                        help="where the device columns run: auto (cuda if available, else none), "
+                             "cuda, cpu, or none")
+    parser.add_argument("--no-cpu", action="store_true",
+                        help="skip the CPU columns (solo-learn per image, batch pipeline, Kornia)")
+    args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
+    device = None if args.device == "none" else args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else None
+    rows = measure(args.batch, args.repeats, [int(x) for x in args.sizes.split(",")], device,
+                   cpu_columns=not args.no_cpu)
+    name = torch.cuda.get_device_name() if device == "cuda" else (device or "cpu only")
+    print(f"batch {args.batch}, 2 views per image (SimCLR), torch threads "
+          f"{torch.get_num_threads()}, {name}, load average {load:.2f} at the start")
+    print("\n".join(table(rows)))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,15 @@ Part 1, cost: time per step and peak memory of every arm over the plain SimCLR s
 each meta arm with meta_every 1 and 4. The meta step reuses the stage-1 gradient
 (``collect_grads(..., copy=False)`` before ``optimizer.step()``).
 
+Mixed precision (``--amp``, ``--meta-precision``): with ``--amp float16`` (or ``bfloat16``) every
+arm's training step runs under autocast to that dtype, float16 with a GradScaler as Lightning's
+``16-mixed`` runs it (scaled backward, the gradients unscaled before the meta step, no meta step
+and no optimizer step on gradients that are not finite); f_msr runs in float32. The meta step
+runs outside that region, at each ``iclmsr.meta_precision`` of ``--meta-precision``: ``float32``
+(the default) or ``autocast`` (the passes of its L_ct(theta') part under the training step's
+dtype; float16 with a ``MetaLossScale``, as the plugin keeps one). ``--meta-precision autocast``
+without ``--amp`` trains under float16 autocast on CUDA and bfloat16 on a CPU.
+
 Config (the benchmark config): timm resnet18 with the CIFAR stem (3x3 conv stride 1, no max-pool),
 32 px, batch 64, n = 8 strata, SimCLR projector 512 -> 2048 -> 256, temperature 0.2, mixture
 L_msr, f_msr at its defaults (4 conv-BN-ReLU blocks of width 64) with Adam. The real optimizer is
@@ -33,7 +42,8 @@ with horizontal flips made in torch; f_msr reads the un-augmented image.
 Time: all arms are built in one process and timed interleaved: in each round every arm runs one
 period of 4 steps (a whole period of meta_every 1 and 4), so a disturbance from other processes
 hits all arms alike. Reported: the mean wall-clock seconds per step over the rounds and the best
-round (wall clock, after a device synchronisation on CUDA, and the process's CPU time); ratios to
+round (wall clock; on CUDA the time between two CUDA events recorded around the period; and the
+process's CPU time); ratios to
 the base step use the best round, the least disturbed estimate on a shared machine.
 
 Memory: every arm runs in a fresh subprocess (while the fidelity part runs; memory does not
@@ -57,11 +67,25 @@ the real update with -alpha g (g = grad L_to, the stage-1 gradient), and checks 
 warm-up cosine, compressed: ``--fid-warmup`` steps of linear warm-up, then a cosine over
 ``--fid-horizon`` steps, so the measured steps see the warm-up and the peak rate.
 
+The meta step under autocast (``--fid-arms exact_autocast_bf16,exact_autocast_fp16``):
+``exact_jvp`` with ``meta_precision: autocast`` at the same parameters, on the same batch and
+with the same stage-1 gradient as the float32 reference (the meta-gradient is sensitive to that
+gradient, which the plugin reuses from the training step), its passes under bfloat16 /
+float16 autocast (``torch.autocast("cpu", ...)`` on a CPU); float16 with the plugin's dynamic
+``MetaLossScale`` (from its initial value, one per arm and virtual step). A meta-gradient that
+is not finite is counted, as the plugin refuses it, and left out of the comparison. On CUDA
+the float32 arms run without TF32. float16 autocast is very slow on a CPU without float16
+arithmetic (ResNet-18: minutes per meta step).
+
 Usage:
     python benchmarks/meta_step.py                         # both parts, the benchmark config
     python benchmarks/meta_step.py --quick                 # batch 16, few steps: a smoke test
     python benchmarks/meta_step.py --parts fidelity --fid-models test_resnet
     python benchmarks/meta_step.py --profile exact_jvp     # torch.profiler table of one step
+    python benchmarks/meta_step.py --parts cost --arms base,exact_jvp --amp float16 \
+        --meta-precision float32,autocast                  # the meta step under autocast
+    python benchmarks/meta_step.py --parts fidelity --fid-models test_resnet \
+        --fid-arms exact_autocast_bf16,exact_autocast_fp16
 """
 
 from __future__ import annotations
@@ -92,6 +116,7 @@ if str(ROOT) not in sys.path:
 from solo_iclmsr.core import (ICLMSROptions, MetaSemanticRegularizer, PlainGrads,  # noqa: E402
                               collect_grads, infonce_head_loss, meta_step, optimizer_step,
                               sgd_step, total_loss, uniformity_loss)
+from solo_iclmsr.core.meta_precision import MetaLossScale  # noqa: E402
 
 ARMS: Dict[str, dict] = {
     "base": dict(stage1=False, meta_grad=None),
@@ -109,10 +134,20 @@ ARMS: Dict[str, dict] = {
                             meta_batch=0.25),
     "stages1_batch50": dict(stage1=True, meta_grad="second_order", meta_stages=1,
                             meta_batch=0.5),
+    # fidelity only: exact_jvp with ``meta_precision: autocast`` (the cost part times that
+    # with ``--meta-precision autocast``)
+    "exact_autocast_bf16": dict(stage1=True, meta_grad="second_order", meta_precision="autocast",
+                                autocast="bfloat16"),
+    "exact_autocast_fp16": dict(stage1=True, meta_grad="second_order", meta_precision="autocast",
+                                autocast="float16"),
 }
 #: the arms that make the meta step cheaper by moving fewer layers or reading fewer images
 CHEAP_ARMS = ("stages1", "stages2", "batch25", "batch50", "stages1_batch25", "stages1_batch50")
+#: the meta step under autocast, against the float32 reference (fidelity part only)
+AUTOCAST_ARMS = ("exact_autocast_bf16", "exact_autocast_fp16")
 META_ARMS = [a for a, spec in ARMS.items() if spec["meta_grad"] is not None]
+COST_ARMS = [a for a in ARMS if a not in AUTOCAST_ARMS]
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 REFERENCE = "exact_jvp"
 
 #: per encoder: projector (hidden, out) and f_msr (depth, width). resnet18 uses solo-learn's
@@ -132,7 +167,8 @@ TEMPERATURE = 0.2
 
 # Targets (met / not met is printed, nothing is tuned to them).
 TARGETS = dict(exact_every1=3.0, exact_every4=1.5, cheap_every1=1.6, cheap_every4=1.2,
-               cheap_cos_median=0.99, cheap_cos_worst=0.95, memory=1.3)
+               cheap_cos_median=0.99, cheap_cos_worst=0.95, memory=1.3,
+               autocast_cos_median=0.99)
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -150,8 +186,18 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: cuda if available")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of arms")
+    parser.add_argument("--arms", default=",".join(COST_ARMS),
+                        help="comma-separated subset of the cost part's arms")
     parser.add_argument("--every", default="1,4", help="meta_every values for the meta arms")
+    parser.add_argument("--meta-precision", default="float32",
+                        help="iclmsr.meta_precision of the cost part's meta arms, comma-separated: "
+                             "float32 (the meta step outside autocast), autocast (under the "
+                             "training step's autocast dtype; float16 with MetaLossScale)")
+    parser.add_argument("--amp", default=None, choices=["none", "float16", "bfloat16"],
+                        help="the cost part's training step under autocast to this dtype "
+                             "(float16 with a GradScaler, as Lightning's 16-mixed); default: none, "
+                             "or float16 on CUDA and bfloat16 on a CPU when --meta-precision "
+                             "asks for autocast")
     parser.add_argument("--virtual-step", default="sgd", choices=["sgd", "optimizer"],
                         help="virtual step of the cost part's meta arms")
     parser.add_argument("--fid-models", default="resnet18,test_resnet",
@@ -166,8 +212,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--fid-warmup", type=int, default=4, help="warm-up steps of the lr")
     parser.add_argument("--fid-horizon", type=int, default=200,
                         help="length of the cosine schedule the fidelity run is the start of")
-    parser.add_argument("--fid-arms", default=",".join(META_ARMS),
-                        help="meta arms compared in the fidelity part (the reference is always run)")
+    parser.add_argument("--fid-arms", default=",".join(a for a in META_ARMS
+                                                       if a not in AUTOCAST_ARMS),
+                        help="meta arms compared in the fidelity part (the reference is always "
+                             "run); the meta step under autocast: exact_autocast_bf16, "
+                             "exact_autocast_fp16 (float16 autocast is slow on a CPU without "
+                             "float16 arithmetic)")
+    parser.add_argument("--fid-vsteps", default="sgd,optimizer",
+                        help="virtual steps of the fidelity part: sgd, optimizer or both")
     parser.add_argument("--fid-json", default=None, help="write every per-step number here")
     parser.add_argument("--n-train", type=int, default=2048, help="built-in images to draw from")
     parser.add_argument("--quick", action="store_true",
@@ -182,7 +234,24 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     args.steps = -(-args.steps // 4) * 4
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.precisions = [p for p in args.meta_precision.split(",") if p]
+    unknown = [p for p in args.precisions if p not in ("float32", "autocast")]
+    if unknown or not args.precisions:
+        raise SystemExit(f"--meta-precision: expected float32 and/or autocast, got "
+                         f"{args.meta_precision!r}")
+    if args.amp is None:
+        args.amp = "none"
+        if "autocast" in args.precisions:
+            args.amp = "float16" if args.device == "cuda" else "bfloat16"
+    if "autocast" in args.precisions and args.amp == "none":
+        raise SystemExit("--meta-precision autocast needs a training step under autocast: "
+                         "--amp float16 or bfloat16")
     return args
+
+
+def amp_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
+    """The autocast dtype of the cost part's training step (``None``: float32)."""
+    return DTYPES.get(args.amp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,45 +421,85 @@ class Setup:
         return PlainGrads(l_ct.detach(), dict(zip(self.params, grads)))
 
 
-def make_step(s: Setup, arm: str, meta_every: int, virtual_step: str) -> Callable[[int], None]:
-    """One training step of ``arm`` on one fixed batch (data loading is not timed)."""
+def make_step(s: Setup, arm: str, meta_every: int, virtual_step: str,
+              precision: str = "float32", amp: Optional[torch.dtype] = None
+              ) -> Callable[[int], None]:
+    """One training step of ``arm`` on one fixed batch (data loading is not timed).
+
+    ``amp``: the training step (the forwards and the loss) runs under autocast to this dtype,
+    float16 with a GradScaler, as Lightning's ``16-mixed`` runs it: scaled backward, the
+    gradients unscaled before the meta step, no meta step and no optimizer step when they are
+    not finite. ``precision``: ``iclmsr.meta_precision`` of the meta step, which runs outside
+    the training step's autocast region as in the plugin (f_msr in float32); ``autocast`` runs
+    the passes of its L_ct(theta') part under ``amp`` (float16: with a ``MetaLossScale``)."""
     spec = ARMS[arm]
     options = ICLMSROptions(**{**s.options.__dict__, "meta_every": meta_every,
                                "meta_grad": spec.get("meta_grad") or "second_order",
                                "exact_impl": spec.get("exact_impl", "jvp"),
                                "meta_stages": spec.get("meta_stages"),
                                "meta_batch": spec.get("meta_batch"),
-                               "virtual_step": virtual_step})
+                               "virtual_step": virtual_step, "meta_precision": precision})
     raw, views = s.data.batch(s.batch_size)
     encoder, projector, head_loss = s.encoder, s.projector, s.head_loss
     stages = [spec["meta_stages"]] if spec.get("meta_stages") else []
+    device_type = s.device.type
+    scaler = torch.amp.GradScaler(device_type) if amp == torch.float16 else None
+    meta_scale = MetaLossScale() if precision == "autocast" and amp == torch.float16 else None
+
+    def autocast() -> Any:
+        return torch.autocast(device_type, dtype=amp, enabled=amp is not None)
+
+    def optimizer_step() -> None:
+        if scaler is None:
+            s.optimizer.step()
+        else:
+            scaler.step(s.optimizer)
+            scaler.update()
 
     def step(batch_idx: int) -> None:
         s.optimizer.zero_grad(set_to_none=True)
         run_meta = spec["meta_grad"] is not None and options.should_meta_step(batch_idx)
-        features, activations = s.forward(views, stages if run_meta else ())
+        with autocast():
+            features, activations = s.forward(views, stages if run_meta else ())
         if not spec["stage1"]:
-            l_ct, _ = head_loss(features, None)
-            l_ct.backward()
-            s.optimizer.step()
+            with autocast():
+                l_ct, _ = head_loss(features, None)
+            (l_ct if scaler is None else scaler.scale(l_ct)).backward()
+            optimizer_step()
             return
         with torch.set_grad_enabled(run_meta):  # A keeps its graph only for the meta step
-            weights = s.regularizer(raw)
-        l_to, l_ct, _ = total_loss(features, weights, head_loss, options.lambda_msr)
+            weights = s.regularizer(raw)  # f_msr in float32, as in the plugin's meta step
+        with autocast():
+            l_to, l_ct, _ = total_loss(features, weights, head_loss, options.lambda_msr)
         plain = s.plain_grads(l_ct) if run_meta and spec["meta_grad"] == "linearized" else None
-        l_to.backward()
-        if run_meta:
+        (l_to if scaler is None else scaler.scale(l_to)).backward()
+        if scaler is not None:
+            scaler.unscale_(s.optimizer)  # as Lightning does before on_before_optimizer_step
+        if run_meta and (amp is None or _grads_finite(s.params.values())):
             s.meta_optimizer.zero_grad(set_to_none=True)
+            activations = {k: [a.float() for a in acts] for k, acts in activations.items()}
             inputs = s.meta_inputs(arm, views, activations,
                                    collect_grads(encoder, projector, copy=False),  # before step
                                    virtual_step)
             meta_step(inputs.pop("encoder"), projector, s.regularizer, inputs.pop("views"), raw,
                       head_loss, options, plain_grads=plain, weights=weights,
-                      generator=torch.Generator().manual_seed(batch_idx), **inputs)
-            s.meta_optimizer.step()
-        s.optimizer.step()
+                      generator=torch.Generator().manual_seed(batch_idx),
+                      autocast_dtype=amp,
+                      loss_scale=None if meta_scale is None else meta_scale.scale, **inputs)
+            finite = amp is None or _grads_finite(s.regularizer.parameters())
+            if meta_scale is not None:
+                meta_scale.update(finite)
+            if finite:
+                s.meta_optimizer.step()
+        optimizer_step()
 
     return step
+
+
+def _grads_finite(params: Any) -> bool:
+    """Whether every ``.grad`` of ``params`` is finite (one synchronisation)."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,10 +515,10 @@ def rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def run_worker(args: argparse.Namespace, arm: str, meta_every: int) -> dict:
+def run_worker(args: argparse.Namespace, arm: str, meta_every: int, precision: str) -> dict:
     """Peak memory of one arm, in a fresh process: warm-up and two more steps."""
     s = Setup(args, args.model, args.batch)
-    step = make_step(s, arm, meta_every, args.virtual_step)
+    step = make_step(s, arm, meta_every, args.virtual_step, precision, amp_dtype(args))
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -422,20 +531,23 @@ def run_worker(args: argparse.Namespace, arm: str, meta_every: int) -> dict:
     if cuda:
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() if cuda else rss_kib("VmHWM") * 1024
-    return dict(arm=arm, meta_every=meta_every, peak_delta_mib=(peak - before) / 2**20)
+    return dict(arm=arm, meta_every=meta_every, precision=precision,
+                peak_delta_mib=(peak - before) / 2**20)
 
 
 def run_timing(args: argparse.Namespace, plan: List[tuple]) -> Dict[tuple, dict]:
     """All arms in one process, interleaved: round after round, every arm runs one period of
-    4 steps, so a disturbance from other processes hits all arms alike."""
+    4 steps, so a disturbance from other processes hits all arms alike. On CUDA the wall time
+    of a period is taken by CUDA events recorded around it (the GPU's own clock)."""
     cuda = args.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     steps = {}
-    for arm, every in plan:
-        steps[(arm, every)] = make_step(Setup(args, args.model, args.batch), arm, every,
-                                        args.virtual_step)
+    for arm, every, precision in plan:
+        steps[(arm, every, precision)] = make_step(Setup(args, args.model, args.batch), arm,
+                                                   every, args.virtual_step,
+                                                   _precision(precision), amp_dtype(args))
         for i in range(args.warmup):
-            steps[(arm, every)](i)
+            steps[(arm, every, precision)](i)
     sync()
     walls: Dict[tuple, List[float]] = {key: [] for key in steps}
     cpus: Dict[tuple, List[float]] = {key: [] for key in steps}
@@ -444,15 +556,30 @@ def run_timing(args: argparse.Namespace, plan: List[tuple]) -> Dict[tuple, dict]
         for key, step in steps.items():
             first = args.warmup + 4 * r
             first -= first % 4  # every period starts on a meta batch
+            if cuda:
+                events = (torch.cuda.Event(enable_timing=True),
+                          torch.cuda.Event(enable_timing=True))
+                sync()
+                events[0].record()
             start, start_cpu = time.perf_counter(), time.process_time()
             for i in range(first, first + 4):
                 step(i)
-            sync()
-            walls[key].append((time.perf_counter() - start) / 4)
+            if cuda:
+                events[1].record()
+                events[1].synchronize()
+                wall = events[0].elapsed_time(events[1]) / 1000.0
+            else:
+                wall = time.perf_counter() - start
+            walls[key].append(wall / 4)
             cpus[key].append((time.process_time() - start_cpu) / 4)
         print(f"  timing round {r + 1}/{rounds} done", flush=True)
     return {key: dict(mean_s=statistics.mean(walls[key]), step_s=min(walls[key]),
                       cpu_s=min(cpus[key])) for key in steps}
+
+
+def _precision(precision: str) -> str:
+    """The meta step's ``meta_precision`` of a plan entry (``-``: an arm without one)."""
+    return "float32" if precision == "-" else precision
 
 
 def run_profile(args: argparse.Namespace, arm: str) -> None:
@@ -460,7 +587,7 @@ def run_profile(args: argparse.Namespace, arm: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     s = Setup(args, args.model, args.batch)
-    step = make_step(s, arm, 1, args.virtual_step)
+    step = make_step(s, arm, 1, args.virtual_step, args.precisions[0], amp_dtype(args))
     for i in range(args.warmup):
         step(i)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
@@ -508,7 +635,8 @@ def _meta_options(s: Setup, arm: str, vstep: str) -> ICLMSROptions:
     return ICLMSROptions(**{**s.options.__dict__, "meta_grad": spec["meta_grad"],
                             "exact_impl": spec.get("exact_impl", "jvp"), "virtual_step": vstep,
                             "meta_stages": spec.get("meta_stages"),
-                            "meta_batch": spec.get("meta_batch"), "gamma_uni": 0.0})
+                            "meta_batch": spec.get("meta_batch"), "gamma_uni": 0.0,
+                            "meta_precision": spec.get("meta_precision", "float32")})
 
 
 def _float64_reference(s: Setup, views: List[Tensor], raw: Tensor, vstep: str) -> Tensor:
@@ -534,13 +662,29 @@ def _float64_reference(s: Setup, views: List[Tensor], raw: Tensor, vstep: str) -
 
 
 def run_fidelity(args: argparse.Namespace, model: str, batch: int) -> dict:
-    """The training run of part 2; returns the per-step numbers."""
+    """The training run of part 2; returns the per-step numbers. On CUDA the float32 arms run
+    in float32 proper: TF32 (cuDNN's default for convolutions) is off for the run."""
+    if args.device != "cuda":
+        return _run_fidelity(args, model, batch)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return _run_fidelity(args, model, batch)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _run_fidelity(args: argparse.Namespace, model: str, batch: int) -> dict:
     s = Setup(args, model, batch)
     arms = [REFERENCE] + [a for a in args.fid_arms.split(",") if a and a != REFERENCE]
     reg_params = [p for p in s.regularizer.parameters() if p.requires_grad]
     gamma = s.options.gamma_uni
     peak = recipe_lr(batch)
     records = []
+    # the autocast arms' dynamic float16 loss scale, one per arm and virtual step, as the plugin
+    # keeps one per run (MetaLossScale: its initial value, halved after a non-finite result)
+    vsteps = args.fid_vsteps.split(",")
+    scales = {(arm, vstep): MetaLossScale() for arm in arms for vstep in vsteps}
     start = time.perf_counter()
     for t in range(args.fid_steps):
         s.set_lr(warmup_cosine(t, args.fid_warmup, args.fid_horizon, peak))
@@ -559,17 +703,31 @@ def run_fidelity(args: argparse.Namespace, model: str, batch: int) -> dict:
         uni = _flat(torch.zeros_like(p) if u is None else u for u, p in zip(uni, reg_params))
         record: Dict[str, Any] = dict(step=t, lr=s.lr, ct_loss=l_ct.item())
         ct_ref = {}
-        for vstep in ("sgd", "optimizer"):
+        for vstep in vsteps:
             grads = {}
             for arm in arms:
                 if arm == "exact_double_backward" and t % args.fid_sanity_every:
                     continue
                 s.regularizer.zero_grad(set_to_none=True)
                 inputs = s.meta_inputs(arm, views, activations, stage1, vstep)
+                dtype = DTYPES.get(ARMS[arm].get("autocast"))
+                scale = scales[(arm, vstep)] if dtype == torch.float16 else None
+                # the same parameters, batch and stage-1 gradient as the float32 reference; the
+                # autocast arms' passes of the L_ct(theta') part under ``dtype``
                 meta_step(inputs.pop("encoder"), s.projector, s.regularizer, inputs.pop("views"),
                           raw, s.head_loss, _meta_options(s, arm, vstep), plain_grads=plain,
-                          weights=weights, generator=torch.Generator().manual_seed(t), **inputs)
-                grads[arm] = _reg_grad(s.regularizer)
+                          weights=weights, generator=torch.Generator().manual_seed(t),
+                          autocast_dtype=dtype, loss_scale=None if scale is None else scale.scale,
+                          **inputs)
+                grad = _reg_grad(s.regularizer)
+                finite = bool(torch.isfinite(grad).all())
+                if scale is not None:
+                    record[f"{vstep}/{arm}/loss_scale"] = scale.scale
+                    scale.update(finite)
+                if not finite:  # the plugin does not apply it: counted, not compared
+                    record[f"{vstep}/{arm}/refused"] = 1
+                    continue
+                grads[arm] = grad
             ref = grads[REFERENCE]
             ct_ref[vstep] = ref
             record[f"{vstep}/ct_norm"] = ref.norm().item()
@@ -595,7 +753,7 @@ def run_fidelity(args: argparse.Namespace, model: str, batch: int) -> dict:
                                      / update.norm()).item()
         # f_msr learns from the exact meta-gradient with the paper's sgd virtual step.
         s.meta_optimizer.zero_grad(set_to_none=True)
-        total = (ct_ref["sgd"] + uni).float()
+        total = (ct_ref.get("sgd", ct_ref[vsteps[0]]) + uni).float()
         offset = 0
         for p in s.regularizer.parameters():
             p.grad = total[offset:offset + p.numel()].view_as(p).to(p.device).clone()
@@ -616,10 +774,12 @@ def summarize_fidelity(run: dict) -> List[dict]:
             for part in ("total", "ct"):
                 key = f"{vstep}/{arm}/{part}"
                 pairs = [r[key] for r in run["records"] if key in r]
-                if not pairs:
+                refused = sum(f"{vstep}/{arm}/refused" in r for r in run["records"])
+                if not pairs and not refused:
                     continue
-                cos, err = [p[0] for p in pairs], [p[1] for p in pairs]
-                rows.append(dict(vstep=vstep, arm=arm, part=part, n=len(pairs),
+                nan = float("nan")
+                cos, err = [p[0] for p in pairs] or [nan], [p[1] for p in pairs] or [nan]
+                rows.append(dict(vstep=vstep, arm=arm, part=part, n=len(pairs), refused=refused,
                                  cos_median=statistics.median(cos), cos_worst=min(cos),
                                  err_median=statistics.median(err), err_worst=max(err)))
     return rows
@@ -631,29 +791,34 @@ def summarize_fidelity(run: dict) -> List[dict]:
 
 def _fmt_cost_table(results: List[dict]) -> List[str]:
     base = next((r for r in results if r["arm"] == "base"), None)
-    lines = ["| arm | meta_every | s / step, mean | s / step, best period | x base (wall) "
-             "| x base (process CPU time) | peak mem delta (MiB) | x base |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | meta_every | meta precision | s / step, mean | s / step, best period "
+             "| x base (wall) | x base (process CPU time) | peak mem delta (MiB) | x base |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         every = "-" if ARMS[r["arm"]]["meta_grad"] is None else str(r["meta_every"])
 
         def ratio(key: str) -> str:
             return f"{r[key] / base[key]:.2f}" if base else "-"
 
-        lines.append(f"| {r['arm']} | {every} | {r['mean_s']:.3f} | {r['step_s']:.3f} "
-                     f"| {ratio('step_s')} | {ratio('cpu_s')} | {r['peak_delta_mib']:.0f} "
-                     f"| {ratio('peak_delta_mib')} |")
+        lines.append(f"| {r['arm']} | {every} | {r['precision']} | {r['mean_s']:.3f} "
+                     f"| {r['step_s']:.3f} | {ratio('step_s')} | {ratio('cpu_s')} "
+                     f"| {r['peak_delta_mib']:.0f} | {ratio('peak_delta_mib')} |")
     return lines
 
 
 def cost_plan(args: argparse.Namespace) -> List[tuple]:
-    """(arm, meta_every) of every row of the cost table."""
+    """(arm, meta_every, meta precision) of every row of the cost table (``-``: no meta step)."""
     plan = []
     for arm in args.arms.split(","):
+        if arm in AUTOCAST_ARMS:
+            raise SystemExit(f"--arms: {arm} is an arm of the fidelity part; time the meta step "
+                             f"under autocast with --arms exact_jvp --meta-precision autocast")
         if arm not in ARMS:
-            raise SystemExit(f"--arms: unknown arm {arm!r}; valid: {', '.join(ARMS)}")
-        everies = [1] if ARMS[arm]["meta_grad"] is None else [int(e) for e in args.every.split(",")]
-        plan += [(arm, e) for e in everies]
+            raise SystemExit(f"--arms: unknown arm {arm!r}; valid: {', '.join(COST_ARMS)}")
+        if ARMS[arm]["meta_grad"] is None:
+            plan.append((arm, 1, "-"))
+            continue
+        plan += [(arm, int(e), p) for p in args.precisions for e in args.every.split(",")]
     return plan
 
 
@@ -661,25 +826,27 @@ def measure_memory(args: argparse.Namespace, argv: List[str], plan: List[tuple])
     """Peak memory of every arm, each in a fresh subprocess, one after another (meta_every 4
     peaks in its meta step, as meta_every 1)."""
     forwarded = [a for a in argv if a != "--quick"] + (["--quick"] if args.quick else [])
-    forwarded += ["--device", args.device]
+    forwarded += ["--device", args.device, "--amp", args.amp]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # A fixed mmap threshold makes glibc return every freed block of >= 128 KiB to the OS at
     # once, so the resident-set peak follows the live tensors rather than what the heap kept.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     memory = {}
-    for arm, every in plan:
-        if (arm, 1) in memory:  # the peak is reached in a meta step: as with meta_every 1
-            memory[(arm, every)] = memory[(arm, 1)]
+    for arm, every, precision in plan:
+        if (arm, 1, precision) in memory:  # the peak is reached in a meta step: as meta_every 1
+            memory[(arm, every, precision)] = memory[(arm, 1, precision)]
             continue
-        out = subprocess.run([sys.executable, __file__, *forwarded, "--worker", f"{arm}@1"],
+        out = subprocess.run([sys.executable, __file__, *forwarded, "--worker",
+                              f"{arm}@1@{_precision(precision)}"],
                              env=env, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"memory of arm {arm} failed:\n{out.stderr}", flush=True)
             return memory
-        memory[(arm, 1)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_delta_mib"]
-        memory[(arm, every)] = memory[(arm, 1)]
-        print(f"  memory {arm}: {memory[(arm, 1)]:.0f} MiB", flush=True)
+        peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_delta_mib"]
+        memory[(arm, 1, precision)] = memory[(arm, every, precision)] = peak
+        label = "" if precision == "-" else f" ({precision} meta step)"
+        print(f"  memory {arm}{label}: {peak:.0f} MiB", flush=True)
     return memory
 
 
@@ -687,8 +854,29 @@ def run_cost(plan: List[tuple], memory: Dict[tuple, float], args: argparse.Names
              ) -> List[dict]:
     """Part 1's table rows: the interleaved timing with the memory measured before."""
     timing = run_timing(args, plan)
-    return [dict(arm=arm, meta_every=every, peak_delta_mib=memory[(arm, every)],
-                 **timing[(arm, every)]) for arm, every in plan]
+    return [dict(arm=arm, meta_every=every, precision=precision,
+                 peak_delta_mib=memory[(arm, every, precision)],
+                 **timing[(arm, every, precision)]) for arm, every, precision in plan]
+
+
+def cost_part(args: argparse.Namespace, argv: List[str]) -> List[dict]:
+    """Part 1 alone: the memory of every arm (subprocesses), then the interleaved timing."""
+    plan = cost_plan(args)
+    memory = measure_memory(args, argv, plan)
+    if len(memory) < len(plan):
+        raise RuntimeError("the memory measurement failed (see above)")
+    return run_cost(plan, memory, args)
+
+
+def cost_header(args: argparse.Namespace) -> str:
+    """One line: what the cost part measures."""
+    training = "float32" if args.amp == "none" else f"autocast {args.amp}" + (
+        " with a GradScaler" if args.amp == "float16" else "")
+    return (f"{args.model}, batch {args.batch}, {args.size} px, n {args.n_strata}, LARS at lr "
+            f"{recipe_lr(args.batch):g}, virtual step {args.virtual_step}, training step "
+            f"{training}, meta step {', '.join(args.precisions)}, {args.steps} timed steps per "
+            f"arm after {args.warmup} warm-up, on {args.device}"
+            + (" (CUDA events)" if args.device == "cuda" else ""))
 
 
 def machine() -> str:
@@ -713,7 +901,14 @@ def print_targets(cost: Optional[List[dict]], fidelity: List[dict]) -> None:
     by = {}
     if cost:
         base = next(r for r in cost if r["arm"] == "base")
-        by = {(r["arm"], r["meta_every"]): r for r in cost}
+        by = {(r["arm"], r["meta_every"]): r for r in cost if r["precision"] != "autocast"}
+        for r in cost:
+            if r["precision"] == "autocast" and (r["arm"], r["meta_every"]) in by:
+                ref = by[(r["arm"], r["meta_every"])]
+                print(f"  {r['arm']} meta_every {r['meta_every']}, autocast meta step: "
+                      f"{r['step_s'] / base['step_s']:.2f}x base, "
+                      f"{r['step_s'] / ref['step_s']:.2f}x the float32 meta step's step time, "
+                      f"memory {r['peak_delta_mib'] / max(ref['peak_delta_mib'], 1e-9):.2f}x")
         x = {k: r["step_s"] / base["step_s"] for k, r in by.items()}
         mem = {k: r["peak_delta_mib"] / base["peak_delta_mib"] for k, r in by.items()}
         if ("exact_jvp", 1) in x:
@@ -738,6 +933,12 @@ def print_targets(cost: Optional[List[dict]], fidelity: List[dict]) -> None:
                       f"{_verdict(mem[(arm, 1)] <= TARGETS['memory'])}")
     for run_rows in fidelity:
         for r in run_rows["rows"]:
+            if r["arm"] in AUTOCAST_ARMS:
+                ok = r["cos_median"] >= TARGETS["autocast_cos_median"] and not r["refused"]
+                print(f"  {run_rows['model']} {r['arm']} virtual_step {r['vstep']} ({r['part']}): "
+                      f"cosine to float32 median {r['cos_median']:.4f} (>= "
+                      f"{TARGETS['autocast_cos_median']}), worst {r['cos_worst']:.4f}, "
+                      f"{r['refused']} of {r['n'] + r['refused']} not finite {_verdict(ok)}")
             if r["arm"] in ("finite_difference", "linearized", *CHEAP_ARMS) and r["part"] == "total":
                 ok = (r["cos_median"] >= TARGETS["cheap_cos_median"]
                       and r["cos_worst"] >= TARGETS["cheap_cos_worst"])
@@ -746,12 +947,48 @@ def print_targets(cost: Optional[List[dict]], fidelity: List[dict]) -> None:
                       f"{r['cos_worst']:.4f} (>= {TARGETS['cheap_cos_worst']}) {_verdict(ok)}")
 
 
+def fidelity_lines(run: dict) -> List[str]:
+    """The fidelity part's table of one run (``run_fidelity`` with its ``rows``), and the
+    lines about the run's real updates."""
+    recs = run["records"]
+    lrs = [r["lr"] for r in recs]
+    out = [f"Fidelity to exact_jvp (float32), {run['model']}, batch {run['batch']}, "
+           f"{len(recs)} steps, lr {min(lrs):.2g}-{max(lrs):.2g} (alpha = lr for sgd); "
+           f"'total' = the gradient on f_msr (L_ct(theta') part + gamma L_uni part), "
+           f"'ct' = its L_ct(theta') part:",
+           "| virtual step | arm | part | steps | cosine median | cosine worst "
+           "| rel. error median | rel. error worst |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in run["rows"]:
+        arm = ("exact_jvp vs float64 double_backward (step 1)" if r["arm"] == "float64"
+               else r["arm"])
+        steps = f"{r['n']}" + (f" ({r['refused']} not finite)" if r.get("refused") else "")
+        out.append(f"| {r['vstep']} | {arm} | {r['part']} | {steps} | {r['cos_median']:.5f} "
+                   f"| {r['cos_worst']:.5f} | {r['err_median']:.2e} | {r['err_worst']:.2e} |")
+    for vstep in (v for v in ("sgd", "optimizer") if f"{v}/ct_norm" in recs[0]):
+        ratio = statistics.median(r[f"{vstep}/ct_norm"] / max(r[f"{vstep}/uni_norm"], 1e-300)
+                                  for r in recs)
+        out.append(f"  {vstep}: median ||L_ct(theta') part|| / ||gamma L_uni part|| = {ratio:.3g}")
+    half = recs[len(recs) // 2:]
+    out.append(
+        f"Real LARS update vs alpha * g ({run['lars']}): ||update|| / ||alpha g|| median "
+        f"{statistics.median(r['update_ratio'] for r in recs):.2f} (steps {len(recs) // 2 + 1}"
+        f"-{len(recs)}: {statistics.median(r['update_ratio'] for r in half):.2f}; range "
+        f"{min(r['update_ratio'] for r in recs):.2f}-{max(r['update_ratio'] for r in recs):.2f}),"
+        f" cosine(update, -alpha g) median "
+        f"{statistics.median(r['update_cos'] for r in recs):.2f} (steps {len(recs) // 2 + 1}"
+        f"-{len(recs)}: {statistics.median(r['update_cos'] for r in half):.2f}); "
+        f"virtual_step optimizer vs the real update: max relative difference "
+        f"{max(r['virtual_vs_real'] for r in recs):.1e}")
+    return out
+
+
 def main(argv: List[str]) -> None:
     """Runs the parts asked for and prints the tables."""
     args = parse_args(argv)
     if args.worker is not None:
-        arm, every = args.worker.split("@")
-        print(json.dumps(run_worker(args, arm, int(every))))
+        arm, every, precision = (args.worker.split("@") + ["float32"])[:3]
+        print(json.dumps(run_worker(args, arm, int(every), precision)))
         return
     if args.profile is not None:
         run_profile(args, args.profile)
@@ -766,9 +1003,7 @@ def main(argv: List[str]) -> None:
     cost, memory, plan = None, {}, []
     memory_thread = None
     if "cost" in parts:
-        print(f"cost: {args.model}, batch {args.batch}, {args.size} px, n {args.n_strata}, "
-              f"LARS at lr {recipe_lr(args.batch):g}, virtual step {args.virtual_step}, "
-              f"{args.steps} timed steps per arm after {args.warmup} warm-up", flush=True)
+        print(f"cost: {cost_header(args)}", flush=True)
         plan = cost_plan(args)
         # Memory does not depend on the load: measure it while the fidelity part runs (the
         # timing runs afterwards, alone).
@@ -800,34 +1035,7 @@ def main(argv: List[str]) -> None:
         print("\nCost (" + args.model + f", batch {args.batch}):")
         print("\n".join(_fmt_cost_table(cost)))
     for run in fidelity:
-        recs = run["records"]
-        lrs = [r["lr"] for r in recs]
-        print(f"\nFidelity to exact_jvp (float32), {run['model']}, batch {run['batch']}, "
-              f"{len(recs)} steps, lr {min(lrs):.2g}-{max(lrs):.2g} (alpha = lr for sgd); "
-              f"'total' = the gradient on f_msr (L_ct(theta') part + gamma L_uni part), "
-              f"'ct' = its L_ct(theta') part:")
-        print("| virtual step | arm | part | steps | cosine median | cosine worst "
-              "| rel. error median | rel. error worst |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in run["rows"]:
-            arm = ("exact_jvp vs float64 double_backward (step 1)" if r["arm"] == "float64"
-                   else r["arm"])
-            print(f"| {r['vstep']} | {arm} | {r['part']} | {r['n']} | {r['cos_median']:.5f} "
-                  f"| {r['cos_worst']:.5f} | {r['err_median']:.2e} | {r['err_worst']:.2e} |")
-        for vstep in ("sgd", "optimizer"):
-            ratio = statistics.median(r[f"{vstep}/ct_norm"] / max(r[f"{vstep}/uni_norm"], 1e-300)
-                                      for r in recs)
-            print(f"  {vstep}: median ||L_ct(theta') part|| / ||gamma L_uni part|| = {ratio:.3g}")
-        half = recs[len(recs) // 2:]
-        print(f"Real LARS update vs alpha * g ({run['lars']}): ||update|| / ||alpha g|| median "
-              f"{statistics.median(r['update_ratio'] for r in recs):.2f} (steps {len(recs) // 2 + 1}"
-              f"-{len(recs)}: {statistics.median(r['update_ratio'] for r in half):.2f}; range "
-              f"{min(r['update_ratio'] for r in recs):.2f}-{max(r['update_ratio'] for r in recs):.2f}),"
-              f" cosine(update, -alpha g) median "
-              f"{statistics.median(r['update_cos'] for r in recs):.2f} (steps {len(recs) // 2 + 1}"
-              f"-{len(recs)}: {statistics.median(r['update_cos'] for r in half):.2f}); "
-              f"virtual_step optimizer vs the real update: max relative difference "
-              f"{max(r['virtual_vs_real'] for r in recs):.1e}")
+        print("\n" + "\n".join(fidelity_lines(run)))
     print_targets(cost, fidelity)
 
 
