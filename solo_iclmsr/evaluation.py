@@ -7,6 +7,7 @@ backbone; f_msr is not needed. The paper reports 5-NN and linear top-1/top-5.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TopK", "extract_features", "autocast_dtype", "knn_accuracy", "linear_probe",
-           "classifier_accuracy"]
+from solo_iclmsr.core.meta_precision import precision_dtype
+
+__all__ = ["TopK", "extract_features", "autocast_dtype", "evaluation_device", "loader_workers",
+           "knn_accuracy", "linear_probe", "classifier_accuracy"]
 
 
 @dataclass
@@ -59,14 +62,17 @@ class _Progress:
 def autocast_dtype(precision: Any, device: torch.device) -> Optional[torch.dtype]:
     """The autocast type of a run's ``precision`` on ``device``: float16 for ``16-mixed`` (and
     ``16``, ``16-true``), bfloat16 for ``bf16*``, on a GPU; ``None`` (float32) otherwise."""
-    text = str(precision)
-    if device.type != "cuda" or precision is None:
-        return None
-    if text.startswith("bf16"):
-        return torch.bfloat16
-    if text.startswith("16"):
-        return torch.float16
-    return None
+    return precision_dtype(precision) if device.type == "cuda" else None
+
+
+def evaluation_device() -> torch.device:
+    """Where evaluation runs: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def loader_workers(requested: Any) -> int:
+    """Loader processes for an evaluation: the config's (``None`` as 0), at most the cores."""
+    return min(int(requested or 0), os.cpu_count() or 1)
 
 
 def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 256,

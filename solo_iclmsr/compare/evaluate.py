@@ -21,27 +21,19 @@ inference mode, on a GPU in the run's precision.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 from omegaconf import DictConfig, OmegaConf
+
+from solo_iclmsr.evaluation import evaluation_device, loader_workers
 
 __all__ = ["evaluate_run", "linear_config", "linear_checkpoint", "EVAL_KINDS"]
 
 EVAL_KINDS = ("knn", "linear")
 #: Images per forward pass of the evaluation.
 EVAL_BATCH = 256
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _workers(cfg: DictConfig) -> int:
-    return min(int(OmegaConf.select(cfg, "data.num_workers", default=0) or 0), os.cpu_count() or 1)
 
 
 def evaluate_run(checkpoint: Path, folder: Path, evaluation: Dict[str, Any],
@@ -74,12 +66,12 @@ def evaluate_run(checkpoint: Path, folder: Path, evaluation: Dict[str, Any],
     out: Dict[str, Any] = {"knn": {}, "linear": {}, "complete": [], "seconds_by_kind": {}}
     model, cfg = load_pretrained(checkpoint)
     if "knn" in missing:
-        model.to(_device())
+        model.to(evaluation_device())
         ks: List[int] = list(evaluation.get("knn_k", [5, 20]))
         train_set, sets = evaluation_sets_with_tests(cfg, tests=tests)
         sets = _only(sets, missing["knn"])
         grid = knn_grid(model, train_set, sets, batch_size=EVAL_BATCH, ks=ks,
-                        num_workers=_workers(cfg), precision=cfg.get("precision"))
+                        num_workers=loader_workers(OmegaConf.select(cfg, "data.num_workers", default=0)), precision=cfg.get("precision"))
         for test in sets:
             row = grid[f"backbone / {test}"]
             out["knn"][test] = {f"knn{k}": _topk(row[f"k={k},cosine,T=0.07"]) for k in ks}
@@ -149,11 +141,11 @@ def _linear(pretrain_cfg: DictConfig, checkpoint: Path, folder: Path,
         written = sorted(set((folder / "linear").rglob("*.ckpt")) - before,
                          key=lambda p: p.stat().st_mtime)
         probe = written[-1] if written else None
-    model.to(_device())
+    model.to(evaluation_device())
     _, sets = evaluation_sets_with_tests(cfg, entry=linear_entry(cfg),
                                          tests=evaluation.get("tests") or {})
     sets = _only(sets, names)
-    results = {test: _topk(classifier_accuracy(model, dataset, EVAL_BATCH, _workers(cfg),
+    results = {test: _topk(classifier_accuracy(model, dataset, EVAL_BATCH, loader_workers(OmegaConf.select(cfg, "data.num_workers", default=0)),
                                                cfg.get("precision"), name=f"{test} (linear)"))
                for test, dataset in sets.items()}
     return results, (str(probe.relative_to(folder)) if probe else ""), names is None

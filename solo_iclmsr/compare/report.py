@@ -271,10 +271,7 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
                 cells = []
                 for t in tests:
                     a, b = values[(metric, arm, t)], values[(metric, BASE, t)]
-                    d, half, n = paired_difference([(a[s], b[s]) for s in a if s in b])
-                    cells.append("-" if n == 0 else f"{d:+.1f}" + (
-                        f" [{d - half:+.1f}, {d + half:+.1f}]" if half is not None else "")
-                        + f" (n={n})")
+                    cells.append(_paired_cell([(a[s], b[s]) for s in a if s in b]))
                 table.append([arm, *cells])
             lines += [_table(["arm", *tests], table), ""]
     lines += bg_gap_section(values, arm_names, metrics)
@@ -337,6 +334,7 @@ def report_text(rows: List[Row], diagnostics: Dict[Tuple[str, int], Dict[str, fl
 
 
 def _paired_cell(pairs: Sequence[Tuple[float, float]]) -> str:
+    """A seed-paired difference as a table cell: mean [95% t-interval] (n=...), ``-`` for none."""
     d, half, n = paired_difference(pairs)
     return "-" if n == 0 else f"{d:+.1f}" + (
         f" [{d - half:+.1f}, {d + half:+.1f}]" if half is not None else "") + f" (n={n})"

@@ -21,12 +21,23 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager, Dict, Optional
+from typing import Any, ContextManager, Dict, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["MetaPrecision", "MetaLossScale"]
+__all__ = ["MetaPrecision", "MetaLossScale", "precision_dtype"]
+
+
+def precision_dtype(precision: Any) -> Optional[torch.dtype]:
+    """The half type of a Lightning ``precision``: float16 for ``16``, ``16-mixed`` and
+    ``16-true``, bfloat16 for ``bf16*``; ``None`` for float32 (and ``None``)."""
+    text = "" if precision is None else str(precision)
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    return None
 
 
 @dataclass(frozen=True)

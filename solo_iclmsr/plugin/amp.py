@@ -22,10 +22,10 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 from torch import Tensor
 
+from solo_iclmsr.core.meta_precision import precision_dtype
+
 __all__ = ["StepGradients", "step_gradients", "autocast_dtype", "grad_scaler",
            "trainer_precision", "all_finite"]
-
-_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,10 @@ def grad_scaler(trainer: Any) -> Optional[torch.amp.GradScaler]:
 
 
 def autocast_dtype(trainer: Any) -> Optional[torch.dtype]:
-    """The dtype the run's training step autocasts to, or ``None`` (float32, or no trainer)."""
-    return _DTYPES.get(getattr(getattr(trainer, "precision_plugin", None), "precision", None))
+    """The dtype the run's training step autocasts to (``16-mixed``, ``bf16-mixed``), or ``None``
+    (float32, a ``-true`` precision without autocast, or no trainer)."""
+    precision = str(getattr(getattr(trainer, "precision_plugin", None), "precision", None))
+    return precision_dtype(precision) if precision.endswith("-mixed") else None
 
 
 def all_finite(tensors: Iterable[Optional[Tensor]]) -> bool:

@@ -19,13 +19,13 @@ the grid, its bank the training set's features.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from solo_iclmsr.evaluation import TopK, extract_features, knn_accuracy
+from solo_iclmsr.evaluation import (TopK, evaluation_device, extract_features, knn_accuracy,
+                                   loader_workers)
 
 __all__ = ["build_knn_parser", "add_test_arguments", "knn_main", "knn", "knn_grid"]
 
@@ -135,10 +135,10 @@ def knn(args: argparse.Namespace) -> Dict[str, Dict[str, TopK]]:
     folder = Path(args.pretrained_checkpoint_dir)
     model, cfg = load_pretrained(_checkpoint(folder), "--pretrained_checkpoint_dir")
     train_set, sets = _eval_sets(args, cfg, tests)
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(evaluation_device())
     return knn_grid(model, train_set, sets, args.batch_size, args.feature_type, args.k,
-                    args.temperature, args.distance_function,
-                    min(args.num_workers, os.cpu_count() or 1), cfg.get("precision"))
+                    args.temperature, args.distance_function, loader_workers(args.num_workers),
+                    cfg.get("precision"))
 
 
 def knn_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -252,10 +252,10 @@ def _evaluate(model: pl.LightningModule, cfg: DictConfig, sets: Mapping[str, Any
     """{test set: TopK} of the trained classifier, on one device."""
     if not sets:
         return {}
-    from solo_iclmsr.evaluation import classifier_accuracy
+    from solo_iclmsr.evaluation import classifier_accuracy, evaluation_device, loader_workers
 
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    workers = min(int(cfg.data.num_workers), os.cpu_count() or 1)
+    model.to(evaluation_device())
+    workers = loader_workers(cfg.data.num_workers)
     return {name: classifier_accuracy(model, dataset, int(cfg.optimizer.batch_size), workers,
                                       cfg.precision, name=name)
             for name, dataset in sets.items()}
